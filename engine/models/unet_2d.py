@@ -157,6 +157,18 @@ class UNet2DModel(Module):
         self._skip_slices: list[slice] = []  # forward's skip list, per down block
         self._up_slices: list[slice] = []    # ... and the part each up block consumed
 
+    # -- weights in diffusers' folder layout (engine/io.py) ----------------
+    @classmethod
+    def from_pretrained(cls, folder) -> "UNet2DModel":
+        from ..io import load_pretrained
+
+        return load_pretrained(folder)
+
+    def save_pretrained(self, folder, state=None):
+        from ..io import save_pretrained
+
+        return save_pretrained(self, folder, state)
+
     # ------------------------------------------------------------------
     def _embed(self, timestep, class_labels, batch: int) -> np.ndarray:
         t = np.broadcast_to(np.asarray(timestep).reshape(-1), (batch,))

@@ -52,8 +52,7 @@ class Attention(Module):
             out += x
         if self.rescale_output_factor != 1.0:
             out /= self.rescale_output_factor
-        if grad_enabled():
-            self._cache = (q, k, v, probs, x.shape)
+        self._cache = (q, k, v, probs, x.shape) if grad_enabled() else None
         return out
 
     def backward(self, grad: np.ndarray) -> np.ndarray:

@@ -37,8 +37,7 @@ class Linear(Module):
         y = x2 @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
-        if grad_enabled():
-            self._x = x2
+        self._x = x2 if grad_enabled() else None
         return y.reshape(*x.shape[:-1], -1)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
@@ -86,8 +85,7 @@ class Conv2d(Module):
         y = cols2 @ self._weight_matrix()
         if self.bias is not None:
             y += self.bias.data
-        if grad_enabled():
-            self._cache = (cols2, x.shape)
+        self._cache = (cols2, x.shape) if grad_enabled() else None
         return y.reshape(B, Ho, Wo, -1)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
@@ -143,8 +141,7 @@ class SiLU(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         sig = F.sigmoid(x)
-        if grad_enabled():
-            self._cache = (x, sig)
+        self._cache = (x, sig) if grad_enabled() else None
         return x * sig
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
@@ -183,8 +180,7 @@ class Embedding(Module):
         n = self.weight.data.shape[0]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"Embedding index out of range [0, {n - 1}]: {idx.min()}..{idx.max()}")
-        if grad_enabled():
-            self._idx = idx
+        self._idx = idx if grad_enabled() else None
         return self.weight.data[idx]
 
     def backward(self, grad: np.ndarray) -> None:

@@ -51,7 +51,7 @@ class AdamW:
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.t = int(arrays["t"])
+        self.t = int(np.asarray(arrays["t"]).reshape(-1)[0])
         for i, (m, v) in enumerate(zip(self.m, self.v)):
             m[...] = arrays[f"m.{i}"]
             v[...] = arrays[f"v.{i}"]

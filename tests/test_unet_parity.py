@@ -67,7 +67,8 @@ def test_no_grad_forward_matches_grad_forward():
     with_grad = model(a["input"], a["timesteps"], a["class_labels"])
     with no_grad():
         without = model(a["input"], a["timesteps"], a["class_labels"])
-    np.testing.assert_array_equal(with_grad, without)
+    # inference fuses SiLU as y / (1 + exp(-y)) instead of y * sigmoid(y): same to rounding
+    np.testing.assert_allclose(with_grad, without, rtol=1e-5, atol=1e-6)
 
 
 def test_per_sample_timesteps_and_labels_are_independent():

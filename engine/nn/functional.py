@@ -14,23 +14,24 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .blas import set_blas_threads
 from .module import grad_enabled
 
 # ---------------------------------------------------------------------------
-# Scratch buffers. In inference (no_grad) a conv's im2col matrix is dead once
-# its GEMM is done, so all layers share one grow-only buffer per role: no page
-# faults from fresh 50 MB allocations on every step. With gradients on, every
-# buffer is fresh because backward still needs it.
+# Scratch buffers: grow-only, per thread and role, so hot loops do not pay for
+# fresh allocations (and their page faults) on every call. `keep=True` asks
+# for a fresh array instead when gradients are on, because backward will
+# still read it.
 # ---------------------------------------------------------------------------
-_shared = threading.local()
+_local = threading.local()
 
 
-def scratch(role: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    if grad_enabled():
+def scratch(role: str, shape: tuple[int, ...], dtype, keep: bool = False) -> np.ndarray:
+    if keep and grad_enabled():
         return np.empty(shape, dtype)
-    bufs = getattr(_shared, "bufs", None)
+    bufs = getattr(_local, "bufs", None)
     if bufs is None:
-        bufs = _shared.bufs = {}
+        bufs = _local.bufs = {}
     size = int(np.prod(shape))
     key = (role, np.dtype(dtype))
     buf = bufs.get(key)
@@ -40,25 +41,36 @@ def scratch(role: str, shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# Two-way split over the batch. NumPy's element-wise loops run on one core but
-# release the GIL, so halves of a large batch run side by side on the second
-# core; small arrays are not worth the hand-off.
+# Parallelism. NumPy's element-wise loops and copies run on one core but
+# release the GIL, and OpenBLAS is poor at the tall, narrow GEMMs of small
+# convolutions; so the engine splits work itself: the batch into halves for
+# element-wise kernels, and convolutions into cache-sized tiles, on
+# DIGITGEN_THREADS threads (default: the CPU count, at most 8).
 # ---------------------------------------------------------------------------
-_THREADS = max(1, min(2, int(os.environ.get("DIGITGEN_THREADS", os.cpu_count() or 1))))
-_pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="digitgen-split") if _THREADS > 1 else None
-_SPLIT_MIN_ELEMENTS = 1 << 18
+THREADS = max(1, min(8, int(os.environ.get("DIGITGEN_THREADS", 0) or os.cpu_count() or 1)))
+_pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="digitgen") if THREADS > 1 else None
+BLAS_SINGLE_THREADED = THREADS > 1 and set_blas_threads(1)
+_SPLIT_MIN_ELEMENTS = 1 << 17
+
+
+def run_parallel(fn, parts: list) -> list:
+    """fn(part) for every part, the last one on the calling thread."""
+    if _pool is None or len(parts) < 2:
+        return [fn(p) for p in parts]
+    futures = [_pool.submit(fn, p) for p in parts[:-1]]
+    last = fn(parts[-1])
+    return [f.result() for f in futures] + [last]
 
 
 def split_batch(fn, batch: int, elements: int) -> None:
-    """Call fn(slice) over the batch, in two halves on two threads when the
+    """Call fn(slice) over contiguous parts of the batch, in parallel when the
     work is large enough. fn must write only into its own slice."""
-    if _pool is None or batch < 2 or elements < _SPLIT_MIN_ELEMENTS:
+    n = min(THREADS, batch) if elements >= _SPLIT_MIN_ELEMENTS else 1
+    if n <= 1:
         fn(slice(0, batch))
         return
-    mid = batch // 2
-    other = _pool.submit(fn, slice(mid, batch))
-    fn(slice(0, mid))
-    other.result()
+    bounds = np.linspace(0, batch, n + 1).astype(int)
+    run_parallel(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 # ---------------------------------------------------------------------------
@@ -68,12 +80,32 @@ def conv_out_size(n: int, k: int, stride: int, pad: int) -> int:
     return (n + 2 * pad - k) // stride + 1
 
 
-def pad_hw(x: np.ndarray, pad: int, role: str = "pad") -> np.ndarray:
-    """Zero-pad H and W of (B, H, W, C)."""
+def matmul_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for a tall a (M, K), its rows split across the engine's threads."""
+    M = a.shape[0]
+    out = np.empty((M, b.shape[1]), np.result_type(a, b))
+    n = min(THREADS, max(1, M * b.shape[1] // (1 << 16)))
+    edges = np.linspace(0, M, n + 1).astype(int)
+    run_parallel(lambda r: np.matmul(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), list(zip(edges[:-1], edges[1:])))
+    return out
+
+
+def matmul_tn_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a.T @ b for tall a (M, K) and b (M, N): partial products over row
+    blocks on the engine's threads, summed."""
+    M = a.shape[0]
+    n = min(THREADS, max(1, M * a.shape[1] * b.shape[1] // (1 << 20)))
+    edges = np.linspace(0, M, n + 1).astype(int)
+    parts = run_parallel(lambda r: a[r[0]:r[1]].T @ b[r[0]:r[1]], list(zip(edges[:-1], edges[1:])))
+    return sum(parts[1:], parts[0])
+
+
+def pad_hw(x: np.ndarray, pad: int, keep: bool = False) -> np.ndarray:
+    """Zero-pad H and W of (B, H, W, C); `keep`: the caller caches it for backward."""
     if pad == 0:
         return x
     B, H, W, C = x.shape
-    xp = scratch(role, (B, H + 2 * pad, W + 2 * pad, C), x.dtype)
+    xp = scratch("pad", (B, H + 2 * pad, W + 2 * pad, C), x.dtype, keep=keep)
 
     def fill(s):
         xp[s, :pad] = 0
@@ -86,18 +118,77 @@ def pad_hw(x: np.ndarray, pad: int, role: str = "pad") -> np.ndarray:
     return xp
 
 
-def im2col(x: np.ndarray, k: int, stride: int, pad: int, role: str = "cols") -> np.ndarray:
-    """(B, H, W, C) -> (B, Ho, Wo, k, k, C): each output pixel's receptive field,
-    ordered (ky, kx, c) so the copy moves contiguous runs of C floats."""
-    B, H, W, C = x.shape
-    Ho, Wo = conv_out_size(H, k, stride, pad), conv_out_size(W, k, stride, pad)
-    xp = pad_hw(x, pad)
-    cols = scratch(role, (B, Ho, Wo, k, k, C), x.dtype)
-    # sliding_window_view is a strided view (B, H', W', C, k, k); no copy yet.
-    windows = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride]
-    windows = windows[:, :Ho, :Wo].transpose(0, 1, 2, 4, 5, 3)
-    split_batch(lambda s: np.copyto(cols[s], windows[s]), B, cols.size)
-    return cols
+def windows(xp: np.ndarray, k: int, stride: int, Ho: int, Wo: int) -> np.ndarray:
+    """Strided view (B, Ho, Wo, k, k, C) of every output pixel's receptive
+    field in the padded input, ordered (ky, kx, c); no copy."""
+    v = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride]
+    return v[:, :Ho, :Wo].transpose(0, 1, 2, 4, 5, 3)
+
+
+_TILE_PIXELS = 1024  # output pixels per tile: its im2col block (pixels x k*k*C) stays in L2/L3
+
+
+def tiles(B: int, Ho: int, Wo: int) -> list[tuple[int, int, int, int]]:
+    """Split the output into (b0, b1, h0, h1) tiles: whole samples grouped up
+    to ~_TILE_PIXELS, or bands of rows when there are too few samples to keep
+    every thread busy. Each tile's output block is contiguous."""
+    px = Ho * Wo
+    if B >= 2 * THREADS or px * B <= _TILE_PIXELS // 4:
+        per = max(1, min(_TILE_PIXELS // px, -(-B // THREADS)))
+        return [(b, min(b + per, B), 0, Ho) for b in range(0, B, per)]
+    bands = min(Ho, max(-(-THREADS // B), -(-px // _TILE_PIXELS)))
+    edges = np.linspace(0, Ho, bands + 1).astype(int)
+    return [(b, b + 1, int(h0), int(h1)) for b in range(B) for h0, h1 in zip(edges[:-1], edges[1:]) if h1 > h0]
+
+
+def _round_robin(items: list) -> list[list]:
+    n = min(THREADS, len(items))
+    return [items[i::n] for i in range(n)]
+
+
+def conv_forward(xp: np.ndarray, w_mat: np.ndarray, bias, k: int, stride: int, Ho: int, Wo: int) -> np.ndarray:
+    """im2col + GEMM, tile by tile: each tile's im2col block is copied into a
+    per-thread buffer and multiplied while it is still in cache.
+    xp: padded input (B, Hp, Wp, C); w_mat: (k*k*C, O). -> (B, Ho, Wo, O)"""
+    B = xp.shape[0]
+    K, O = w_mat.shape
+    win = windows(xp, k, stride, Ho, Wo)
+    y = np.empty((B, Ho, Wo, O), xp.dtype)
+
+    def work(my_tiles):
+        for b0, b1, h0, h1 in my_tiles:
+            src = win[b0:b1, h0:h1]
+            cols = scratch("cols", src.shape, xp.dtype)
+            np.copyto(cols, src)
+            out = y[b0:b1, h0:h1].reshape(-1, O)
+            np.matmul(cols.reshape(-1, K), w_mat, out=out)
+            if bias is not None:
+                out += bias
+
+    run_parallel(work, _round_robin(tiles(B, Ho, Wo)))
+    return y
+
+
+def conv_weight_grad(xp: np.ndarray, grad: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """dW = sum over pixels of im2col(x)^T @ grad, with im2col rebuilt tile by
+    tile (cheaper than keeping a 9x copy of every activation for backward).
+    -> (k*k*C, O)"""
+    B, Ho, Wo, O = grad.shape
+    win = windows(xp, k, stride, Ho, Wo)
+    K = k * k * xp.shape[-1]
+
+    def work(my_tiles):
+        acc = np.zeros((K, O), xp.dtype)
+        part = scratch("dw", (K, O), xp.dtype)
+        for b0, b1, h0, h1 in my_tiles:
+            src = win[b0:b1, h0:h1]
+            cols = scratch("cols", src.shape, xp.dtype)
+            np.copyto(cols, src)
+            np.matmul(cols.reshape(-1, K).T, grad[b0:b1, h0:h1].reshape(-1, O), out=part)
+            acc += part
+        return acc
+
+    return sum(run_parallel(work, _round_robin(tiles(B, Ho, Wo))))
 
 
 def col2im(cols: np.ndarray, H: int, W: int, stride: int, pad: int) -> np.ndarray:
@@ -131,59 +222,87 @@ def silu_backward(grad: np.ndarray, x: np.ndarray, sig: np.ndarray) -> np.ndarra
     return g
 
 
-def group_norm_forward(x, gamma, beta, groups: int, eps: float, silu: bool):
-    """x: (B, ..., C) channels-last. Returns (y, cache).
+def _per_channel(v: np.ndarray, groups: int, C: int) -> np.ndarray:
+    """(b, G) group statistics -> (b, 1, C), so element-wise kernels broadcast
+    along whole channel rows (inner loops of C floats, not C/G)."""
+    return np.repeat(v, C // groups, axis=1)[:, None, :]
 
-    Statistics in two passes (mean, then centred squares): as accurate as
-    PyTorch's Welford in float32 for activations with a large mean."""
+
+def group_norm_forward(x, gamma, beta, groups: int, eps: float, silu: bool):
+    """x: (B, ..., C) channels-last. Returns (y, cache); with silu=True,
+    y = SiLU(GroupNorm(x)). Statistics in two passes (mean, then centred
+    squares): as accurate as PyTorch's in float32 for activations with a
+    large mean."""
     B, C = x.shape[0], x.shape[-1]
-    Cg = C // groups
-    xg = x.reshape(B, -1, groups, Cg)
-    n = xg.shape[1] * Cg
-    xhat = np.empty_like(xg)
-    rstd = np.empty((B, 1, groups, 1), x.dtype)
-    y = np.empty_like(xg)
-    sig = np.empty_like(xg) if silu else None
-    pre = np.empty_like(xg) if (silu and grad_enabled()) else None
-    g = gamma.reshape(groups, Cg)
-    b = beta.reshape(groups, Cg)
+    x3 = x.reshape(B, -1, C)
+    N = x3.shape[1]
+    count = N * (C // groups)
+    train = grad_enabled()
+    y = np.empty_like(x3)
+    xhat = np.empty_like(x3) if train else None      # cached for backward
+    sig = np.empty_like(x3) if (silu and train) else None
+    rstd_c = np.empty((B, 1, C), x.dtype)
 
     def run(s):
-        xs = xg[s]
-        mean = xs.sum(axis=1).sum(axis=-1)[:, None, :, None] / n  # (b,1,G,1)
-        xc = np.subtract(xs, mean, out=xhat[s])
-        sq = np.multiply(xc, xc, out=y[s])
-        var = sq.sum(axis=1).sum(axis=-1)[:, None, :, None] / n
-        r = 1.0 / np.sqrt(var + eps)
-        rstd[s] = r
-        xc *= r  # xhat
-        ys = np.multiply(xc, g, out=y[s])
-        ys += b
+        xs, ys = x3[s], y[s]
+        b = xs.shape[0]
+        mean = xs.sum(axis=1).reshape(b, groups, -1).sum(axis=-1) / count            # (b, G)
+        xc = np.subtract(xs, _per_channel(mean, groups, C), out=ys)                  # centred, in y
+        var = np.einsum("bnc,bnc->bc", xc, xc).reshape(b, groups, -1).sum(axis=-1) / count
+        r = _per_channel(1.0 / np.sqrt(var + eps), groups, C).astype(x.dtype)
+        rstd_c[s] = r
+        if train:
+            np.multiply(xc, r, out=xhat[s])
+        xc *= r * gamma
+        xc += beta                                                                   # y = xhat*gamma + beta
         if silu:
-            if pre is not None:
-                pre[s] = ys
-            sg = sigmoid(ys, out=sig[s])
-            ys *= sg
+            if train:
+                sg = sigmoid(ys, out=sig[s])
+                ys *= sg
+            else:  # y / (1 + exp(-y)), one pass fewer
+                t = np.negative(ys)
+                np.exp(t, out=t)
+                t += 1
+                np.divide(ys, t, out=ys)
 
-    split_batch(run, B, xg.size)
-    cache = (xhat, rstd, g, pre, sig, x.shape)
+    split_batch(run, B, x3.size)
+    cache = (xhat, rstd_c, gamma, beta, sig, groups, x.shape) if train else None
     return y.reshape(x.shape), cache
 
 
 def group_norm_backward(grad, cache):
     """Returns (dx, dgamma, dbeta)."""
-    xhat, rstd, g, pre, sig, shape = cache
-    B, _, groups, Cg = xhat.shape
-    n = xhat.shape[1] * Cg
-    dy = grad.reshape(xhat.shape)
-    if sig is not None:
-        dy = silu_backward(dy, pre, sig)
-    dgamma = np.einsum("bngc,bngc->gc", dy, xhat).reshape(-1)
-    dbeta = dy.sum(axis=(0, 1)).reshape(-1)
-    dxhat = dy * g
-    mean_d = dxhat.sum(axis=1).sum(axis=-1)[:, None, :, None] / n
-    mean_dx = np.einsum("bngc,bngc->bg", dxhat, xhat)[:, None, :, None] / n
-    dx = dxhat - mean_d
-    dx -= xhat * mean_dx
-    dx *= rstd
-    return dx.reshape(shape), dgamma, dbeta
+    xhat, rstd_c, gamma, beta, sig, groups, shape = cache
+    B, N, C = xhat.shape
+    count = N * (C // groups)
+    g3 = grad.reshape(B, N, C)
+    dx = np.empty_like(xhat)
+    dgamma = np.zeros((B, C), xhat.dtype)
+    dbeta = np.zeros((B, C), xhat.dtype)
+
+    def run(s):
+        xh, b = xhat[s], xhat[s].shape[0]
+        dy = dx[s]  # work in the output buffer
+        if sig is not None:  # through the SiLU: d/dy [y s(y)] = s (1 + y (1 - s)), y = xhat*gamma + beta
+            np.multiply(xh, gamma, out=dy)
+            dy += beta
+            t = 1 - sig[s]
+            t *= dy
+            t += 1
+            t *= sig[s]
+            np.multiply(g3[s], t, out=dy)
+        else:
+            dy[...] = g3[s]
+        dgamma[s] = np.einsum("bnc,bnc->bc", dy, xh)
+        dbeta[s] = dy.sum(axis=1)
+        # dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means per group
+        m1 = (dbeta[s] * gamma).reshape(b, groups, -1).sum(axis=-1) / count
+        m2 = (dgamma[s] * gamma).reshape(b, groups, -1).sum(axis=-1) / count
+        dy *= gamma
+        dy -= _per_channel(m1, groups, C)
+        t = np.multiply(xh, _per_channel(m2, groups, C))
+        dy -= t
+        dy *= rstd_c[s]
+
+    split_batch(run, B, xhat.size)
+    return dx.reshape(shape), dgamma.sum(axis=0), dbeta.sum(axis=0)

@@ -52,11 +52,12 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """2-D convolution through im2col + one GEMM. Weight (out, in, k, k).
+    """2-D convolution through im2col + GEMM, tiled (engine/nn/functional.py).
+    Weight (out, in, k, k).
 
-    Backward: dW from the cached im2col matrix; dx for stride 1 as the
-    transposed convolution (im2col of the padded output gradient with the
-    flipped kernel: a fast contiguous copy and one GEMM), for stride > 1
+    Backward: dW from im2col of the cached padded input, rebuilt tile by tile;
+    dx for stride 1 as the transposed convolution (the same tiled kernel on
+    the padded output gradient with the flipped kernel), for stride > 1
     through col2im."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
@@ -73,40 +74,44 @@ class Conv2d(Module):
         w = self.weight.data
         return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
 
+    def _pointwise(self) -> bool:
+        return self.k == 1 and self.stride == 1 and self.padding == 0
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         B, H, W, C = x.shape
         k, s, p = self.k, self.stride, self.padding
-        if k == 1 and s == 1 and p == 0:
-            cols = x
-        else:
-            cols = F.im2col(x, k, s, p)
-        Ho, Wo = cols.shape[1], cols.shape[2]
-        cols2 = cols.reshape(B * Ho * Wo, -1)
-        y = cols2 @ self._weight_matrix()
-        if self.bias is not None:
-            y += self.bias.data
-        self._cache = (cols2, x.shape) if grad_enabled() else None
-        return y.reshape(B, Ho, Wo, -1)
+        bias = self.bias.data if self.bias is not None else None
+        if self._pointwise():
+            y = F.matmul_rows(x.reshape(-1, C), self._weight_matrix())
+            if bias is not None:
+                y += bias
+            self._cache = x if grad_enabled() else None
+            return y.reshape(B, H, W, -1)
+        Ho, Wo = F.conv_out_size(H, k, s, p), F.conv_out_size(W, k, s, p)
+        xp = F.pad_hw(x, p, keep=True)
+        self._cache = xp if grad_enabled() else None
+        return F.conv_forward(xp, self._weight_matrix(), bias, k, s, Ho, Wo)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        cols2, xshape = self._cache
+        xp = self._cache
         self._cache = None
         B, Ho, Wo, O = grad.shape
-        _, H, W, C = xshape
         k, s, p = self.k, self.stride, self.padding
-        g2 = grad.reshape(-1, O)
-        dw = cols2.T @ g2  # (k*k*C, O)
-        self.weight.grad += dw.reshape(k, k, C, O).transpose(3, 2, 0, 1)
+        C = xp.shape[-1]
         if self.bias is not None:
-            self.bias.grad += g2.sum(axis=0)
-        if k == 1 and s == 1 and p == 0:
-            return (g2 @ self.weight.data.reshape(O, C)).reshape(xshape)
+            self.bias.grad += grad.reshape(-1, O).sum(axis=0)
+        if self._pointwise():
+            g2 = grad.reshape(-1, O)
+            self.weight.grad += F.matmul_tn_rows(g2, xp.reshape(-1, C)).reshape(O, C, 1, 1)
+            return F.matmul_rows(g2, self.weight.data.reshape(O, C)).reshape(xp.shape)
+        dw = F.conv_weight_grad(xp, grad, k, s)  # (k*k*C, O)
+        self.weight.grad += dw.reshape(k, k, C, O).transpose(3, 2, 0, 1)
+        H, W = xp.shape[1] - 2 * p, xp.shape[2] - 2 * p
         if s == 1 and 2 * p == k - 1:
-            # dx = conv(grad, W flipped in space, in<->out), same padding
+            # dx = conv(grad, W flipped in space with in/out swapped), same padding
             w_t = self.weight.data[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, C)
-            gcols = F.im2col(grad, k, 1, k - 1 - p, role="gcols")
-            return (gcols.reshape(B * H * W, -1) @ w_t).reshape(xshape)
-        dcols = (g2 @ self._weight_matrix().T).reshape(B, Ho, Wo, k, k, C)
+            return F.conv_forward(F.pad_hw(grad, k - 1 - p), w_t, None, k, 1, H, W)
+        dcols = (grad.reshape(-1, O) @ self._weight_matrix().T).reshape(B, Ho, Wo, k, k, C)
         return F.col2im(dcols, H, W, s, p)
 
 

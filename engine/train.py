@@ -1,0 +1,311 @@
+"""Offline trainer: `python -m engine.train --data mnist.npz --out runs/mnist`
+(also `digitgen train`).
+
+Epsilon- (or v-) prediction DDPM training of the class-conditional UNet with
+AdamW, warm-up + cosine learning rate, gradient clipping, an EMA of the
+weights (what ships) and label dropout to the null class for
+classifier-free guidance.
+
+Resumable and exactly reproducible: every random draw of step s comes from a
+generator seeded with (seed, s) and the data order of epoch e from (seed, e),
+so a checkpoint needs only the weights, EMA, optimiser moments, step and the
+dropout layers' generator states to continue exactly as an uninterrupted
+run would. Checkpoints are safetensors (no pickle), written atomically every
+N minutes and on SIGINT/SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_mnist, to_model_range
+from .images import grid
+from .io import load_safetensors, read_json, save_safetensors
+from .models.unet_2d import UNet2DConfig, UNet2DModel
+from .nn.layers import Dropout
+from .optim import EMA, AdamW, clip_grad_norm, lr_at
+from .pipeline import DigitPipeline, SamplingDefaults
+from .schedulers import DDPMScheduler
+
+DEFAULT_MODEL_CONFIG = Path(__file__).parent / "configs" / "unet_mnist.json"
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/mnist"
+    model_config: str = str(DEFAULT_MODEL_CONFIG)
+    batch_size: int = 64
+    steps: int = 20000
+    lr: float = 5e-4
+    warmup: int = 500
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    seed: int = 0
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"
+    checkpoint_minutes: float = 10.0
+    sample_seeds: int = 4          # sample grid: each digit x this many seeds (0: none)
+    log_every: int = 10
+    limit: int = 0                 # use only the first N training images (0: all); for tests
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model_config: dict):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.model = UNet2DModel(UNet2DConfig.from_dict(model_config), rng=np.random.default_rng(cfg.seed))
+        self.model.train()
+        self.null_label = self.model.config.num_class_embeds - 1
+        self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                       prediction_type=cfg.prediction_type)
+        self.params = self.model.parameters()
+        self.opt = AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.step = 0
+        self._perm_epoch, self._perm = -1, None
+        self._stop_signal = None
+
+    # -- data order and per-step randomness: pure functions of (seed, step) --
+    def batch_indices(self, n: int) -> np.ndarray:
+        B = self.cfg.batch_size
+        per_epoch = max(1, n // B)
+        epoch, pos = divmod(self.step, per_epoch)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng((self.cfg.seed, 0, epoch)).permutation(n)
+            self._perm_epoch = epoch
+        return self._perm[pos * B:(pos + 1) * B]
+
+    def train_step(self, images: np.ndarray, labels: np.ndarray) -> dict:
+        cfg = self.cfg
+        rng = np.random.default_rng((cfg.seed, 1, self.step))
+        idx = self.batch_indices(len(images))
+        x0 = to_model_range(images[idx])
+        y = labels[idx].copy()
+        y[rng.random(len(y)) < cfg.label_dropout] = self.null_label
+        t = rng.integers(0, cfg.num_train_timesteps, len(y))
+        noise = rng.standard_normal(x0.shape, dtype=np.float32)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        target = noise if cfg.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+
+        self.model.zero_grad()
+        out = self.model(x_t, t, y)
+        diff = out - target
+        loss = float(np.mean(diff * diff))
+        self.model.backward(diff * np.float32(2.0 / diff.size))
+        grad_norm = clip_grad_norm(self.params, cfg.grad_clip)
+        self.opt.lr = lr_at(self.step, cfg.lr, cfg.warmup, cfg.steps)
+        self.opt.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return {"loss": loss, "lr": self.opt.lr, "grad_norm": grad_norm}
+
+    # -- checkpoints ----------------------------------------------------------
+    def _dropouts(self):
+        return [(n, m) for n, m in _named_modules(self.model) if isinstance(m, Dropout)]
+
+    def save_checkpoint(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        arrays = {"step": np.array(self.step, np.int64)}
+        arrays.update({"model/" + k: v for k, v in self.model.state_dict().items()})
+        arrays.update({"ema/" + k: v for k, v in self.ema.state_dict().items()})
+        arrays.update({"adam/" + k: v for k, v in self.opt.state_arrays().items()})
+        rng_state = {n: m.rng.bit_generator.state for n, m in self._dropouts()}
+        meta = {"format": "digitgen-checkpoint-1",
+                "train_config": json.dumps(dataclasses.asdict(self.cfg)),
+                "model_config": json.dumps(self.model.config.to_dict()),
+                "ema_updates": str(self.ema.updates),
+                "rng_state": json.dumps(rng_state)}
+        path = self.out / CHECKPOINT
+        save_safetensors(arrays, path, metadata=meta)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        arrays = load_safetensors(path, "checkpoint")
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "digitgen-checkpoint-1":
+            raise ValueError(f"{path} is not a digitgen training checkpoint")
+        self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        for k, v in arrays.items():
+            if k.startswith("ema/"):
+                self.ema.shadow[k[4:]][...] = v
+        self.ema.updates = int(meta["ema_updates"])
+        self.opt.load_state_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("adam/")})
+        states = json.loads(meta.get("rng_state", "{}"))
+        for n, m in self._dropouts():
+            if n in states:
+                m.rng.bit_generator.state = states[n]
+        self.step = int(np.asarray(arrays["step"]).reshape(-1)[0])
+
+    def ema_pipeline(self) -> DigitPipeline:
+        ema_model = UNet2DModel(self.model.config)
+        ema_model.load_state_dict(self.ema.state_dict())
+        sched = dict(self.scheduler.config)
+        return DigitPipeline(ema_model, sched, SamplingDefaults(null_class_label=self.null_label))
+
+    def export(self) -> Path:
+        """EMA weights as a loadable pipeline folder (what `weights/` holds)."""
+        folder = self.out / "pipeline"
+        self.ema_pipeline().save_pretrained(folder)
+        return folder
+
+    def sample_grid(self) -> Path | None:
+        if self.cfg.sample_seeds <= 0:
+            return None
+        pipe = self.ema_pipeline()
+        labels = [d for d in range(pipe.num_labels) for _ in range(self.cfg.sample_seeds)]
+        seeds = [s for _ in range(pipe.num_labels) for s in range(self.cfg.sample_seeds)]
+        images = pipe.generate(labels, seeds)
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # one column per digit, one row per seed
+        order = [d * self.cfg.sample_seeds + s for s in range(self.cfg.sample_seeds) for d in range(pipe.num_labels)]
+        grid([images[i] for i in order], cols=pipe.num_labels, size=56).save(path)
+        return path
+
+    # -- the loop ---------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        if self._stop_signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    def checkpoint_all(self, log) -> None:
+        path = self.save_checkpoint()
+        self.export()
+        grid_path = self.sample_grid()
+        log(f"checkpoint at step {self.step}: {path}" + (f", samples {grid_path}" if grid_path else ""))
+
+    def fit(self, images: np.ndarray, labels: np.ndarray, stop_after: int = 0, progress: bool = True) -> None:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.out / "log.jsonl", "a")
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = _progress(progress, initial=self.step, total=cfg.steps)
+        say = bar.write if bar else (lambda m: print(m, file=sys.stderr))
+        last_ckpt = time.monotonic()
+        t_window, n_window = time.perf_counter(), 0
+        start_step = self.step
+        try:
+            while self.step < cfg.steps:
+                stats = self.train_step(images, labels)
+                n_window += cfg.batch_size
+                if bar:
+                    bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    stats["img_per_s"] = n_window / max(now - t_window, 1e-9)
+                    t_window, n_window = now, 0
+                    log_file.write(json.dumps({"step": self.step, **stats, "time": time.time()}) + "\n")
+                    log_file.flush()
+                    if bar:
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{stats['img_per_s']:.0f}")
+                if self._stop_signal is not None:
+                    say(f"signal {self._stop_signal}: saving a checkpoint and stopping")
+                    break
+                if stop_after and self.step - start_step >= stop_after:
+                    break
+                if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                    self.checkpoint_all(say)
+                    last_ckpt = time.monotonic()
+            self.checkpoint_all(say)
+        finally:
+            if bar:
+                bar.close()
+            log_file.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _named_modules(module, prefix=""):
+    yield prefix, module
+    for name, child in module.children():
+        yield from _named_modules(child, f"{prefix}{name}.")
+
+
+def _progress(enabled: bool, initial: int, total: int):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the 'train' extra; train without a bar
+        return None
+    return tqdm(initial=initial, total=total, unit="step", dynamic_ncols=True, smoothing=0.05)
+
+
+# -- command line ---------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="digitgen train", description=__doc__.split("\n\n")[0])
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    p.add_argument("--data", help="MNIST .npz (x_train/y_train) or folder of IDX files")
+    for name, f in fields.items():
+        if name == "data":
+            continue
+        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=None,
+                       help=f"default: {f.default}")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps in this run")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("resume", "stop_after", "no_progress")}
+    out = Path(given.get("out", TrainConfig.out))
+    ckpt = out / CHECKPOINT
+    if args.resume:
+        if not ckpt.is_file():
+            print(f"error: --resume: no checkpoint at {ckpt}", file=sys.stderr)
+            return 2
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt), "np") as f:
+            meta = f.metadata() or {}
+        saved = json.loads(meta["train_config"])
+        # a resumed run keeps its settings; only these may change
+        for k in ("steps", "checkpoint_minutes", "data", "sample_seeds", "log_every"):
+            if k in given:
+                saved[k] = given[k]
+        cfg = TrainConfig(**saved)
+        model_config = json.loads(meta["model_config"])
+    else:
+        if ckpt.exists():
+            print(f"error: {ckpt} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
+            return 2
+        if "data" not in given:
+            print("error: --data is required", file=sys.stderr)
+            return 2
+        cfg = TrainConfig(**given)
+        model_config = read_json(Path(cfg.model_config), "model config")
+        model_config = {k: v for k, v in model_config.items() if not k.startswith("_")}
+
+    images, labels = load_mnist(cfg.data, "train")
+    if cfg.limit:
+        images, labels = images[:cfg.limit], labels[:cfg.limit]
+    trainer = Trainer(cfg, model_config)
+    if args.resume:
+        trainer.load_checkpoint(ckpt)
+    print(f"training {trainer.model.num_parameters():,} parameters on {len(images):,} images, "
+          f"step {trainer.step} -> {cfg.steps}, batch {cfg.batch_size}; run folder {out}", file=sys.stderr)
+    trainer.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

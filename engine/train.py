@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_mnist, to_model_range
+from .data import DataError, load_mnist, to_model_range
 from .images import grid
-from .io import load_safetensors, read_json, save_safetensors
+from .io import WeightsError, load_safetensors, read_json, save_safetensors
 from .models.unet_2d import UNet2DConfig, UNet2DModel
 from .nn.layers import Dropout
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
@@ -292,10 +292,19 @@ def main(argv=None) -> int:
             print("error: --data is required", file=sys.stderr)
             return 2
         cfg = TrainConfig(**given)
-        model_config = read_json(Path(cfg.model_config), "model config")
+        try:
+            model_config = read_json(Path(cfg.model_config), "model config")
+            UNet2DConfig.from_dict(model_config)
+        except (WeightsError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         model_config = {k: v for k, v in model_config.items() if not k.startswith("_")}
 
-    images, labels = load_mnist(cfg.data, "train")
+    try:
+        images, labels = load_mnist(cfg.data, "train")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if cfg.limit:
         images, labels = images[:cfg.limit], labels[:cfg.limit]
     trainer = Trainer(cfg, model_config)

@@ -80,14 +80,21 @@ def conv_out_size(n: int, k: int, stride: int, pad: int) -> int:
     return (n + 2 * pad - k) // stride + 1
 
 
-def matmul_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for a tall a (M, K), its rows split across the engine's threads."""
-    M = a.shape[0]
-    out = np.empty((M, b.shape[1]), np.result_type(a, b))
-    n = min(THREADS, max(1, M * b.shape[1] // (1 << 16)))
-    edges = np.linspace(0, M, n + 1).astype(int)
-    run_parallel(lambda r: np.matmul(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), list(zip(edges[:-1], edges[1:])))
-    return out
+def pointwise_forward(x: np.ndarray, w_mat: np.ndarray, bias) -> np.ndarray:
+    """1x1 convolution (B, H, W, C) @ (C, O), on the same tiles as conv_forward."""
+    B, H, W, C = x.shape
+    O = w_mat.shape[1]
+    y = np.empty((B, H, W, O), np.result_type(x, w_mat))
+
+    def work(my_tiles):
+        for b0, b1, h0, h1 in my_tiles:
+            out = y[b0:b1, h0:h1].reshape(-1, O)
+            np.matmul(x[b0:b1, h0:h1].reshape(-1, C), w_mat, out=out)
+            if bias is not None:
+                out += bias
+
+    run_parallel(work, _round_robin(tiles(B, H, W)))
+    return y
 
 
 def matmul_tn_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,20 +132,21 @@ def windows(xp: np.ndarray, k: int, stride: int, Ho: int, Wo: int) -> np.ndarray
     return v[:, :Ho, :Wo].transpose(0, 1, 2, 4, 5, 3)
 
 
-_TILE_PIXELS = 1024  # output pixels per tile: its im2col block (pixels x k*k*C) stays in L2/L3
+_TILE_BYTES = 1 << 20  # an im2col block this size stays in a core's L2
 
 
-def tiles(B: int, Ho: int, Wo: int) -> list[tuple[int, int, int, int]]:
-    """Split the output into (b0, b1, h0, h1) tiles: whole samples grouped up
-    to ~_TILE_PIXELS, or bands of rows when there are too few samples to keep
-    every thread busy. Each tile's output block is contiguous."""
-    px = Ho * Wo
-    if B >= 2 * THREADS or px * B <= _TILE_PIXELS // 4:
-        per = max(1, min(_TILE_PIXELS // px, -(-B // THREADS)))
-        return [(b, min(b + per, B), 0, Ho) for b in range(0, B, per)]
-    bands = min(Ho, max(-(-THREADS // B), -(-px // _TILE_PIXELS)))
-    edges = np.linspace(0, Ho, bands + 1).astype(int)
-    return [(b, b + 1, int(h0), int(h1)) for b in range(B) for h0, h1 in zip(edges[:-1], edges[1:]) if h1 > h0]
+def tiles(B: int, Ho: int, Wo: int, row_bytes: int = 0) -> list[tuple[int, int, int, int]]:
+    """Split a (B, Ho, Wo) output into (b, b+1, h0, h1) tiles: each sample on
+    its own, cut into bands of rows when its im2col block (Ho*Wo rows of
+    `row_bytes`) would not fit in L2. Each tile's output block is contiguous.
+
+    The split depends on the layer's shape only, never on the batch size:
+    OpenBLAS rounds a GEMM row differently depending on the matrix's height,
+    so a batch-dependent split would make a seeded image differ by a few ulps
+    between running alone and running in a crowd."""
+    bands = min(Ho, max(1, -(-Ho * Wo * row_bytes // _TILE_BYTES)))
+    edges = [round(i * Ho / bands) for i in range(bands + 1)]
+    return [(b, b + 1, h0, h1) for b in range(B) for h0, h1 in zip(edges[:-1], edges[1:])]
 
 
 def _round_robin(items: list) -> list[list]:
@@ -165,7 +173,7 @@ def conv_forward(xp: np.ndarray, w_mat: np.ndarray, bias, k: int, stride: int, H
             if bias is not None:
                 out += bias
 
-    run_parallel(work, _round_robin(tiles(B, Ho, Wo)))
+    run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize)))
     return y
 
 
@@ -188,7 +196,7 @@ def conv_weight_grad(xp: np.ndarray, grad: np.ndarray, k: int, stride: int) -> n
             acc += part
         return acc
 
-    return sum(run_parallel(work, _round_robin(tiles(B, Ho, Wo))))
+    return sum(run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize))))
 
 
 def col2im(cols: np.ndarray, H: int, W: int, stride: int, pad: int) -> np.ndarray:

@@ -33,11 +33,13 @@ class Linear(Module):
         self._x = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x2 = x.reshape(-1, x.shape[-1])
-        y = x2 @ self.weight.data.T
+        # One GEMM per sample (axis 0), not one for the whole batch: a row's
+        # rounding then never depends on what else is in the batch.
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        y = x3 @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
-        self._x = x2 if grad_enabled() else None
+        self._x = x3.reshape(-1, x.shape[-1]) if grad_enabled() else None
         return y.reshape(*x.shape[:-1], -1)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
@@ -82,11 +84,8 @@ class Conv2d(Module):
         k, s, p = self.k, self.stride, self.padding
         bias = self.bias.data if self.bias is not None else None
         if self._pointwise():
-            y = F.matmul_rows(x.reshape(-1, C), self._weight_matrix())
-            if bias is not None:
-                y += bias
             self._cache = x if grad_enabled() else None
-            return y.reshape(B, H, W, -1)
+            return F.pointwise_forward(x, self._weight_matrix(), bias)
         Ho, Wo = F.conv_out_size(H, k, s, p), F.conv_out_size(W, k, s, p)
         xp = F.pad_hw(x, p, keep=True)
         self._cache = xp if grad_enabled() else None
@@ -103,7 +102,7 @@ class Conv2d(Module):
         if self._pointwise():
             g2 = grad.reshape(-1, O)
             self.weight.grad += F.matmul_tn_rows(g2, xp.reshape(-1, C)).reshape(O, C, 1, 1)
-            return F.matmul_rows(g2, self.weight.data.reshape(O, C)).reshape(xp.shape)
+            return F.pointwise_forward(grad, self.weight.data.reshape(O, C), None)
         dw = F.conv_weight_grad(xp, grad, k, s)  # (k*k*C, O)
         self.weight.grad += dw.reshape(k, k, C, O).transpose(3, 2, 0, 1)
         H, W = xp.shape[1] - 2 * p, xp.shape[2] - 2 * p

@@ -1,0 +1,126 @@
+"""Sampling pipeline: per-request determinism, classifier-free guidance in one
+batched forward, per-step frames, loading and its errors."""
+import json
+
+import numpy as np
+import pytest
+
+from engine import UNet2DModel, no_grad
+from engine.io import WeightsError
+from engine.pipeline import DigitPipeline, SamplingDefaults
+
+TINY = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+            add_attention=False, norm_num_groups=4, num_class_embeds=11)
+SCHED = {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return DigitPipeline(UNet2DModel(**TINY, rng=np.random.default_rng(0)), SCHED, SamplingDefaults())
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm"])
+def test_seeded_trajectory_is_the_same_alone_or_batched(pipe, scheduler):
+    alone = pipe.trajectory(3, seed=42, steps=6, scheduler=scheduler, guidance_scale=2.0)
+    while not alone.done:
+        pipe.step([alone])
+    crowd = [pipe.trajectory(l, seed=s, steps=n, scheduler=scheduler, guidance_scale=g)
+             for l, s, n, g in [(1, 7, 9, 1.0), (3, 42, 6, 2.0), (9, 0, 3, 3.5), (0, 5, 12, 0.0)]]
+    while not all(t.done for t in crowd):
+        pipe.step(crowd)
+    np.testing.assert_array_equal(crowd[1].sample, alone.sample)
+
+
+def test_joining_late_does_not_change_a_trajectory(pipe):
+    """Continuous batching: others join and leave between steps."""
+    ref = pipe.trajectory(5, seed=1, steps=8)
+    while not ref.done:
+        pipe.step([ref])
+    tr = pipe.trajectory(5, seed=1, steps=8)
+    others = []
+    for i in range(8):
+        if i in (2, 5):
+            others.append(pipe.trajectory(i, seed=100 + i, steps=3, scheduler="ddim"))
+        pipe.step([tr, *others])
+    assert tr.done
+    np.testing.assert_array_equal(tr.sample, ref.sample)
+
+
+def test_guidance_uses_one_batched_forward_with_null_class(pipe, monkeypatch):
+    calls = []
+    real = pipe.unet.forward
+
+    def spy(x, t, labels):
+        calls.append((x.shape[0], list(labels)))
+        return real(x, t, labels)
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    guided = pipe.trajectory(4, seed=3, steps=5, guidance_scale=3.0)
+    plain = pipe.trajectory(6, seed=3, steps=5, guidance_scale=1.0)
+    x_before = guided.sample.copy()
+    t = guided.timestep
+    pipe.step([guided, plain])
+    assert calls == [(3, [4, 10, 6])]  # cond + uncond rows for the guided one, one row for the plain one
+
+    # the guided step is uncond + s * (cond - uncond), with separate forwards for reference
+    monkeypatch.setattr(pipe.unet, "forward", real)
+    ref = pipe.trajectory(4, seed=3, steps=5, guidance_scale=3.0)
+    np.testing.assert_array_equal(ref.sample, x_before)
+    with no_grad():
+        cond = pipe.unet(ref.sample, [t], [4])
+        uncond = pipe.unet(ref.sample, [t], [10])
+    eps = uncond + np.float32(3.0) * (cond - uncond)
+    expected = ref.scheduler.step(eps, t, ref.sample).prev_sample
+    np.testing.assert_allclose(guided.sample, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_run_yields_every_step_and_generate_returns_images(pipe):
+    frames = list(pipe.run([0, 1], [10, 11], steps=7))
+    assert len(frames) == 7
+    assert [r.step for r in frames[-1]] == [7, 7] and all(r.done for r in frames[-1])
+    assert frames[0][0].pred_original.shape == (1, 28, 28)
+    assert frames[0][0].timestep > frames[-1][0].timestep
+    images = pipe.generate([0, 1], [10, 11], steps=7)
+    assert images.shape == (2, 1, 28, 28) and images.dtype == np.float32
+    assert images.min() >= -1 and images.max() <= 1
+    np.testing.assert_array_equal(images[1], np.clip(frames[-1][1].sample, -1, 1))
+
+
+def test_bad_arguments(pipe):
+    with pytest.raises(ValueError, match="label"):
+        pipe.trajectory(10, seed=0)
+    with pytest.raises(ValueError, match="scheduler"):
+        pipe.trajectory(1, seed=0, scheduler="euler")
+    with pytest.raises(ValueError):
+        pipe.trajectory(1, seed=0, steps=0)
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "w")
+    loaded = DigitPipeline.from_pretrained(tmp_path / "w")
+    assert loaded.defaults == pipe.defaults
+    a = pipe.generate([2], [9], steps=4)
+    b = loaded.generate([2], [9], steps=4)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_load_errors_say_what_is_wrong(pipe, tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        DigitPipeline.from_pretrained(tmp_path / "nothing")
+    pipe.save_pretrained(tmp_path / "w")
+    weights = tmp_path / "w" / "unet" / "diffusion_pytorch_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(WeightsError, match="corrupt"):
+        DigitPipeline.from_pretrained(tmp_path / "w")
+    weights.write_bytes(good)
+    cfg_path = tmp_path / "w" / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["block_out_channels"] = [8, 32]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="do not match"):
+        DigitPipeline.from_pretrained(tmp_path / "w")
+    cfg_path.write_text("{not json")
+    with pytest.raises(WeightsError, match="not valid JSON"):
+        DigitPipeline.from_pretrained(tmp_path / "w")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import functional as F
 from .layers import Conv2d, Dropout, GroupNorm, Linear, SiLU
-from .module import Module
+from .module import Module, grad_enabled
 
 
 class ResnetBlock2D(Module):
@@ -67,16 +68,41 @@ class Downsample2D(Module):
         return self.conv.backward(grad)
 
 
+# Nearest x2 upsampling then a 3x3 conv equals, on each of the four output
+# phases (row parity a, column parity b), a 2x2 conv of the low-resolution
+# input: kernel rows (ky = 0, 1, 2) collapse onto input rows (i-1, i) for
+# even output rows and (i, i+1) for odd ones. _PHASE[a][r, ky] = 1 when ky
+# lands on the phase's r-th input row. 2.25x fewer FLOPs than convolving the
+# upsampled map.
+_PHASE = (np.array([[1, 0, 0], [0, 1, 1]], np.float32), np.array([[1, 1, 0], [0, 0, 1]], np.float32))
+
+
 class Upsample2D(Module):
-    """Nearest-neighbour x2 upsampling, then a 3x3 conv."""
+    """Nearest-neighbour x2 upsampling, then a 3x3 conv. In inference the
+    pair runs as four 2x2 phase convolutions (see _PHASE); with gradients on
+    it upsamples explicitly, so backward is the plain conv's."""
 
     def __init__(self, channels: int, out_channels: int | None = None, rng=None):
         self.conv = Conv2d(channels, out_channels or channels, 3, padding=1, rng=rng)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         B, H, W, C = x.shape
+        if not grad_enabled():
+            return self._phase_forward(x)
         up = np.broadcast_to(x[:, :, None, :, None, :], (B, H, 2, W, 2, C)).reshape(B, 2 * H, 2 * W, C)
         return self.conv(up)
+
+    def _phase_forward(self, x: np.ndarray) -> np.ndarray:
+        B, H, W, C = x.shape
+        w = self.conv.weight.data  # (O, C, 3, 3)
+        bias = self.conv.bias.data if self.conv.bias is not None else None
+        xp = F.pad_hw(x, 1)
+        y = np.empty((B, 2 * H, 2 * W, w.shape[0]), x.dtype)
+        for a in (0, 1):
+            for b in (0, 1):
+                w_ab = np.einsum("rk,sl,ockl->rsco", _PHASE[a], _PHASE[b], w).astype(x.dtype)
+                y[:, a::2, b::2] = F.conv_forward(xp[:, a:, b:], w_ab.reshape(-1, w.shape[0]), bias, 2, 1, H, W)
+        return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         g = self.conv.backward(grad)

@@ -1,0 +1,128 @@
+"""`digitgen` command line: serve, generate, train, eval, bench.
+
+Each subcommand imports only what it needs, so `digitgen generate` does not
+load the web stack and `digitgen serve` does not load the trainer."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_weights() -> Path:
+    return Path(os.environ.get("DIGITGEN_WEIGHTS", REPO / "weights"))
+
+
+def cmd_serve(args) -> int:
+    from app.main import serve
+
+    return serve(host=args.host, port=args.port, weights=args.weights) or 0
+
+
+def cmd_generate(args) -> int:
+    from engine.images import grid, png_bytes, to_image
+    from engine.io import WeightsError
+    from engine.pipeline import DigitPipeline
+
+    try:
+        pipe = DigitPipeline.from_pretrained(args.weights)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.all:
+        labels = [d for d in range(pipe.num_labels) for _ in range(args.n)]
+    elif args.label is None:
+        print("error: give a LABEL (0-9) or --all", file=sys.stderr)
+        return 2
+    else:
+        labels = [args.label] * args.n
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    seeds = [seed + i for i in range(len(labels))]
+    try:
+        images = pipe.generate(labels, seeds, steps=args.steps, scheduler=args.scheduler,
+                               guidance_scale=args.guidance_scale)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if len(images) == 1:
+        img = to_image(images[0], args.size)
+    else:  # one column per digit with --all, else a near-square grid
+        cols = pipe.num_labels if args.all else max(1, int(len(images) ** 0.5 + 0.999))
+        order = ([d * args.n + s for s in range(args.n) for d in range(pipe.num_labels)] if args.all
+                 else range(len(images)))
+        img = grid([images[i] for i in order], cols=cols, size=args.size)
+    out = Path(args.out or (f"digits-{seed}.png" if args.all else f"digit-{args.label}-{seed}.png"))
+    out.write_bytes(png_bytes(img))
+    print(f"wrote {out} (seed {seed}; image i used seed {seed}+i)")
+    return 0
+
+
+def cmd_train(argv) -> int:
+    from engine.train import main
+
+    return main(argv)
+
+
+def cmd_eval(argv) -> int:
+    from engine.evaluate import main
+
+    return main(argv)
+
+
+def cmd_bench(argv) -> int:
+    which = argv[0] if argv and not argv[0].startswith("-") else "engine"
+    rest = argv[1:] if argv and not argv[0].startswith("-") else argv
+    if which == "engine":
+        from bench.engine import main
+    elif which == "service":
+        from bench.service import main
+    else:
+        print(f"error: digitgen bench {{engine,service}}, not {which!r}", file=sys.stderr)
+        return 2
+    return main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="digitgen", description="Handwritten digits from a NumPy diffusion model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP service")
+    s.add_argument("--host", default=os.environ.get("DIGITGEN_HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(os.environ.get("DIGITGEN_PORT", "8000")))
+    s.add_argument("--weights", type=Path, default=default_weights())
+    s.set_defaults(func=cmd_serve)
+
+    g = sub.add_parser("generate", help="write a digit (or a grid of 0-9) to a PNG file")
+    g.add_argument("label", type=int, nargs="?", help="digit 0-9")
+    g.add_argument("--all", action="store_true", help="a grid of every digit 0-9")
+    g.add_argument("-n", type=int, default=1, help="images per digit")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"])
+    g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--size", type=int, default=112, help="output pixels per digit (nearest upscale)")
+    g.add_argument("--out", "-o", help="output PNG path")
+    g.add_argument("--weights", type=Path, default=default_weights())
+    g.set_defaults(func=cmd_generate)
+
+    for name, helptext in (("train", "train the diffusion model (python -m engine.train)"),
+                           ("eval", "score generated digits with the in-project classifier"),
+                           ("bench", "benchmarks: digitgen bench engine|service [options]")):
+        sub.add_parser(name, help=helptext, add_help=False)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+    if argv and argv[0] in passthrough:  # these parse their own options
+        return passthrough[argv[0]](argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

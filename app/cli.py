@@ -40,7 +40,7 @@ def cmd_generate(args) -> int:
     else:
         labels = [args.label] * args.n
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    seeds = [seed + i for i in range(len(labels))]
+    seeds = [(seed + i) % 2**32 for i in range(len(labels))]
     try:
         images = pipe.generate(labels, seeds, steps=args.steps, scheduler=args.scheduler,
                                guidance_scale=args.guidance_scale)

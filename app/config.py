@@ -1,0 +1,66 @@
+"""Service settings, read from DIGITGEN_* environment variables.
+
+    DIGITGEN_WEIGHTS        weights folder (default: weights/ next to the package)
+    DIGITGEN_HOST           bind address for `serve` (default 127.0.0.1)
+    DIGITGEN_PORT           port for `serve` (default 8000)
+    DIGITGEN_MAX_BATCH      trajectories per UNet forward (default 64)
+    DIGITGEN_MAX_QUEUE      images that may wait for a batch slot (default 256)
+    DIGITGEN_DEADLINE_S     per-request deadline in seconds, queueing included (default 120)
+    DIGITGEN_GRACEFUL_S     seconds `serve` lets open requests finish on shutdown (default 10)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    weights: Path = DEFAULT_WEIGHTS
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 64
+    max_queue: int = 256
+    deadline_s: float = 120.0
+    graceful_s: float = 10.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "weights", Path(self.weights))
+        checks = {"port": 0 <= self.port <= 65535, "max_batch": self.max_batch >= 1,
+                  "max_queue": self.max_queue >= 0, "deadline_s": self.deadline_s > 0,
+                  "graceful_s": self.graceful_s >= 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range")
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
+        """Environment first, then explicit keyword overrides (None = not given)."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            var = f"DIGITGEN_{'GRACEFUL_S' if f.name == 'graceful_s' else f.name.upper()}"
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = Path(raw) if kind is type(DEFAULT_WEIGHTS) else kind(raw)
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (see DIGITGEN_* environment variables)") from None
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

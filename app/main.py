@@ -1,0 +1,140 @@
+"""The app factory, its lifespan (load the weights once, run the engine
+worker) and `serve`.
+
+    uvicorn app.main:create_app --factory          # settings from DIGITGEN_* variables
+    python -c "from app.main import serve; serve(port=8000)"
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from engine.io import WeightsError
+from engine.pipeline import DigitPipeline
+
+from .config import ConfigError, Settings
+from .metrics import MetricsMiddleware, ServiceMetrics
+from .routes import STATIC, router
+from .schemas import ALLOWED
+from .service import Service
+
+log = logging.getLogger("uvicorn.error.digitgen")  # shows up wherever uvicorn logs
+
+DESCRIPTION = """Handwritten MNIST digits from a class-conditional diffusion model (pure NumPy engine).
+
+* `POST /generate?label=5` - a PNG (`n` > 1: a grid; `format=json`: base64 images with their seeds)
+* `GET /generate/stream?label=5` - watch the denoising live (Server-Sent Events)
+* `GET /generate.gif?label=5` - the denoising as an animated GIF
+
+Every request is one or more *trajectories* in a continuous batch: one engine thread advances all of
+them together, one batched UNet forward per step. Seeds make results byte-identical, alone or under load.
+"""
+
+
+class DigitgenApp(FastAPI):
+    """FastAPI whose failed start-up reports one clear line, not a traceback:
+    Starlette sends the traceback as the lifespan failure message, which
+    uvicorn logs; we swap in the message we know."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            async def send_clean(message):
+                error = getattr(self.state, "startup_error", None)
+                if message["type"] == "lifespan.startup.failed" and error:
+                    message = {**message, "message": error}
+                await send(message)
+            return await super().__call__(scope, receive, send_clean)
+        return await super().__call__(scope, receive, send)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings | None = app.state.settings
+    if settings is None:  # the environment held a bad setting; create_app kept the message
+        raise ConfigError(app.state.startup_error)
+    try:
+        pipe = await run_in_threadpool(DigitPipeline.from_pretrained, settings.weights)
+    except WeightsError as e:
+        app.state.startup_error = (f"digitgen cannot start: {e}\n"
+                                   f"  (weights folder: {settings.weights}; set DIGITGEN_WEIGHTS or --weights to a "
+                                   f"folder written by DigitPipeline.save_pretrained)")
+        raise
+    svc = Service(pipe, settings, app.state.metrics)
+    svc.start()
+    app.state.service = svc
+    d = pipe.defaults
+    log.info("digitgen ready: weights %s (%d parameters), default %s, %d steps, guidance %g",
+             settings.weights, pipe.unet.num_parameters(), d.scheduler, d.num_inference_steps, d.guidance_scale)
+    try:
+        yield
+    finally:
+        svc.stop()  # open requests get "shutting down"; uvicorn drained what it could first
+        app.state.service = None
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 `detail` list, plus a `message` a person can read: the
+    field, what was wrong and the allowed range."""
+    errors = jsonable_encoder(exc.errors())
+    lines = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ())]
+        field = loc[1] if len(loc) > 1 else (loc[0] if loc else "request")
+        if e.get("type") == "json_invalid":
+            lines.append(f"body: malformed JSON ({e.get('ctx', {}).get('error', e.get('msg'))})")
+            continue
+        allowed = ALLOWED.get(field)
+        # pydantic's own range/type errors get the allowed range; ours (missing, conflicts, engine checks) say it
+        ours = e.get("type") in ("missing", "value_error")
+        hint = f" (allowed: {allowed})" if allowed and not ours else ""
+        got = f", got {e['input']!r}" if e.get("input") is not None and not ours else ""
+        lines.append(f"{field}: {e.get('msg')}{hint}{got}")
+    return JSONResponse({"detail": errors, "message": "; ".join(lines)}, status_code=422)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = DigitgenApp(title="digitgen", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.metrics = ServiceMetrics(settings.max_batch if settings else 64)
+    app.state.service = None
+    app.state.startup_error = None
+    if settings is None:
+        try:
+            settings = Settings.from_env()
+        except ConfigError as e:  # reported by the lifespan, as one line
+            app.state.startup_error = f"digitgen cannot start: {e}"
+    app.state.settings = settings
+    app.state.metrics.ready_fn = lambda: float(bool(app.state.service and app.state.service.ready))
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def serve(host: str | None = None, port: int | None = None, weights: str | Path | None = None, *,
+          log_level: str = "info", **limits) -> int:
+    """Run the service until interrupted; returns the process exit status.
+    Arguments override the DIGITGEN_* environment (`limits`: max_batch,
+    max_queue, deadline_s, graceful_s). 0: stopped normally; 2: a bad
+    setting; 3: start-up failed (e.g. missing weights; uvicorn has logged the
+    one-line reason), like uvicorn's own CLI."""
+    try:
+        settings = Settings.from_env(host=host, port=port, weights=weights, **limits)
+    except ConfigError as e:
+        print(f"digitgen cannot start: {e}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+                            timeout_graceful_shutdown=settings.graceful_s or None)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3

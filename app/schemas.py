@@ -1,0 +1,117 @@
+"""Request parameters and response bodies. Every bound lives here once; the
+query parameters (app/routes.py), the JSON body and the 422 messages all use
+these definitions."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+
+SEED_MAX = 2**32 - 1
+Scheduler = Literal["ddpm", "ddim", "dpm"]
+Format = Literal["png", "json"]
+Frames = Literal["xt", "x0"]
+
+# field -> (pydantic constraints, words for the 422 message)
+BOUNDS: dict[str, tuple[dict, str]] = {
+    "label": (dict(ge=0, le=9), "an integer 0-9"),
+    "steps": (dict(ge=1, le=1000), "an integer 1-1000"),
+    "guidance_scale": (dict(ge=0.0, le=10.0, allow_inf_nan=False), "a number 0-10"),
+    "seed": (dict(ge=0, le=SEED_MAX), f"an integer 0-{SEED_MAX}"),
+    "n": (dict(ge=1, le=64), "an integer 1-64"),
+    "size": (dict(ge=28, le=512), "an integer 28-512 (pixels)"),
+    "every": (dict(ge=1, le=1000), "an integer 1-1000"),
+}
+ALLOWED = {k: words for k, (_, words) in BOUNDS.items()} | {
+    "scheduler": "one of ddpm, ddim, dpm",
+    "format": "one of png, json",
+    "frames": "one of xt, x0",
+}
+
+DOCS = {
+    "label": "The digit to draw.",
+    "steps": "Denoising steps. Default: the weights' sampling default (20 for the shipped weights). "
+             "dpm accepts at most 999.",
+    "scheduler": "Sampler: ddpm (stochastic), ddim (deterministic), dpm (DPM-Solver++, the usual default).",
+    "guidance_scale": "Classifier-free guidance: 0 = unconditional, 1 = conditional only, higher = more "
+                      "digit-like. Default: the weights' default.",
+    "seed": "Random seed. The same seed and parameters give byte-identical images, alone or under load. "
+            "Omitted: a random one, returned in the X-Seed header. With n > 1, image i uses (seed + i) mod 2^32.",
+    "n": "How many images (n > 1: one grid PNG, or a list with format=json).",
+    "size": "Output width in pixels (nearest-neighbour upscale of the 28x28 sample).",
+    "format": "png: the image (a grid for n > 1); json: each image as base64 with its own seed.",
+    "every": "Send a frame every k-th step (the last step always comes).",
+    "frames": "GIF frames: xt = the noisy sample x_t from pure noise to the digit; x0 = the model's running "
+              "estimate of the final image.",
+    "gif_every": "Keep every k-th step as a GIF frame (the last always). Default: about 50 frames at most.",
+}
+
+EXAMPLES = {"label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 2.0, "seed": 42, "n": 1, "size": 112,
+            "format": "png", "every": 1, "frames": "xt"}
+
+
+def query(name: str, required: bool = False, doc: str | None = None):
+    """Annotated query-parameter type with the shared bound, docs and example."""
+    kind = {"scheduler": Scheduler, "format": Format, "frames": Frames}.get(
+        name, float if name == "guidance_scale" else int)
+    q = Query(description=doc or DOCS[name], **BOUNDS.get(name, ({}, ""))[0],
+              openapi_examples={"example": {"value": EXAMPLES[name]}})
+    return Annotated[kind if required else kind | None, q]
+
+
+def _field(name: str):
+    return Field(None, description=DOCS.get(name), examples=[EXAMPLES[name]], **BOUNDS.get(name, ({}, ""))[0])
+
+
+class GenerateBody(BaseModel):
+    """The same parameters as the query string, as a JSON object. A field may
+    come from either place; given in both with different values, it is a 422."""
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON: no true-as-1, no "5"-as-5
+
+    label: int | None = _field("label")
+    steps: int | None = _field("steps")
+    scheduler: Scheduler | None = _field("scheduler")
+    guidance_scale: float | None = _field("guidance_scale")
+    seed: int | None = _field("seed")
+    n: int | None = _field("n")
+    size: int | None = _field("size")
+    format: Format | None = _field("format")
+
+
+BODY_EXAMPLES = {
+    "one digit": {"summary": "A 7, reproducible", "value": {"label": 7, "seed": 1234, "size": 112}},
+    "grid": {"summary": "Sixteen 3s as one grid PNG", "value": {"label": 3, "n": 16, "size": 56}},
+    "json": {"summary": "Four 8s as JSON, each with its own seed",
+             "value": {"label": 8, "n": 4, "format": "json", "scheduler": "ddim", "steps": 30}},
+}
+
+
+class GeneratedImage(BaseModel):
+    index: int
+    seed: int = Field(description="Its own seed: POST with this seed and n=1 gives the same image.")
+    png_base64: str
+
+
+class GenerateResult(BaseModel):
+    label: int
+    seed: int = Field(description="The base seed; image i used (seed + i) mod 2^32.")
+    n: int
+    steps: int
+    scheduler: Scheduler
+    guidance_scale: float
+    size: int
+    images: list[GeneratedImage]
+    queue_ms: float
+    generate_ms: float
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Info(BaseModel):
+    model: dict
+    defaults: dict
+    limits: dict
+    schedulers: list[str]

@@ -1,0 +1,136 @@
+"""Fixtures for the service tests: a tiny but real weights folder, and real
+uvicorn servers on loopback (subprocesses running the service exactly as
+`uvicorn app.main:create_app --factory` does)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from engine import UNet2DModel
+from engine.pipeline import DigitPipeline, SamplingDefaults
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_UNET = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                 add_attention=False, norm_num_groups=4, num_class_embeds=11)
+TINY_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"}
+
+
+def make_tiny_weights(folder: Path) -> Path:
+    DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0)), TINY_SCHEDULER,
+                  SamplingDefaults()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    return make_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+def sse_events(lines):
+    """Parse an SSE line iterator into (event, id, data) tuples."""
+    event = {}
+    for line in lines:
+        if line == "":
+            if event:
+                yield event.get("event"), event.get("id"), json.loads(event["data"]) if "data" in event else None
+            event = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(":")
+            event[key] = value[1:] if value.startswith(" ") else value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "5"]
+
+
+def service_env(weights: Path, **settings) -> dict:
+    env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "PYTHONUNBUFFERED": "1"}
+    env.update({f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+class Server:
+    """A uvicorn subprocess; `url` once /readyz answers 200."""
+
+    def __init__(self, weights: Path, log: Path, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._log_file = open(log, "wb")
+        self.proc = subprocess.Popen(service_command(self.port), cwd=ROOT, env=service_env(weights, **settings),
+                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
+            time.sleep(0.1)
+
+    def metric(self, name: str, **labels) -> float:
+        """One sample from /metrics (0 when absent)."""
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == want or (labels and key.startswith(name + "{") and all(
+                    f'{k}="{v}"' in key for k, v in labels.items())):
+                return float(value)
+        return 0.0
+
+    def wait_metric(self, name: str, predicate, timeout: float = 15.0, **labels) -> float:
+        end = time.monotonic() + timeout
+        while True:
+            value = self.metric(name, **labels)
+            if predicate(value):
+                return value
+            if time.monotonic() > end:
+                raise AssertionError(f"{name}{labels} stayed at {value} for {timeout} s")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server(tiny_weights, tmp_path_factory):
+    srv = Server(tiny_weights, tmp_path_factory.mktemp("server") / "uvicorn.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c

@@ -1,0 +1,70 @@
+"""The page in a real headless Chromium (Debian's `chromium`, driven by
+Playwright; never a downloaded browser), against the real server."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+def chromium_path() -> str | None:
+    for name in (os.environ.get("DIGITGEN_CHROMIUM"), "chromium", "chromium-browser"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium; scripts/test.sh does it in CI)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.mark.browser
+def test_page_streams_frames_and_draws_the_digit(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelector('#steps').value === '20'")  # defaults came from /info
+
+    page.click("#digits button[data-digit='7']")
+    page.fill("#steps", "12")
+    page.select_option("#scheduler", "ddim")
+    page.fill("#seed", "4242")
+    page.click("#go")
+
+    # frames arrive one by one over EventSource, then the final digit is drawn
+    page.wait_for_function("Number(document.querySelector('#viewer').dataset.frames) >= 1", timeout=20000)
+    page.wait_for_function("document.body.dataset.state === 'done'", timeout=30000)
+    assert page.eval_on_selector("#viewer", "v => Number(v.dataset.frames)") == 12
+    assert page.eval_on_selector("#progress", "p => p.value") == 1
+    assert page.eval_on_selector("#final", "i => i.complete && i.naturalWidth") == 28
+    assert page.eval_on_selector("#x0", "i => i.src.startsWith('data:image/png;base64,')")
+    meta = page.inner_text("#result-meta")
+    assert "Digit 7" in meta and "seed 4242" in meta
+    assert page.get_attribute("#dl-gif", "href").startswith("/generate.gif?")
+    assert page.is_hidden("#error")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 0
+
+    # a parameter the server refuses shows its message
+    page.fill("#seed", "")
+    page.evaluate("document.querySelector('#steps').removeAttribute('max')")
+    page.fill("#steps", "1000")
+    page.select_option("#scheduler", "dpm")
+    page.click("#go")
+    page.wait_for_function("document.body.dataset.state === 'error'", timeout=20000)
+    assert "422" in page.inner_text("#error") and "steps" in page.inner_text("#error")
+    assert errors == []
+    page.close()

@@ -6,16 +6,19 @@ and do generated digits' penultimate features sit where real digits' do
     python -m engine.classifier train --data ../shared/data/mnist.npz --out weights/classifier
     python -m engine.classifier test  --data ../shared/data/mnist.npz --weights weights/classifier
 
-Architecture (channels-last activations, as everywhere in the engine):
+Architecture (channels-last activations, as everywhere in the engine; every
+conv is 3x3 with padding 1):
 
-    (B, 28, 28, 1) --conv3x3 s1--> (B, 28, 28, c0) --conv3x3 s2--> (B, 14, 14, c1) --conv3x3 s1--> (B, 14, 14, c1)
-      --conv3x3 s2--> (B, 7, 7, c2) --conv3x3 s1--> (B, 7, 7, c2)      each conv followed by GroupNorm + SiLU
-                                                                     (the last by SiLU alone)
-      --mean over H, W--> (B, c2) --Linear + SiLU--> features (B, feature_dim) --Linear--> logits (B, 10)
+    (B, 28, 28, 1) -s1-> (B, 28, 28, c0) -s2-> (B, 14, 14, c1) -s1-> (B, 14, 14, c1)
+      -s2-> (B, 7, 7, c2) -s1-> (B, 7, 7, c2)        each followed by GroupNorm + SiLU
+      -s2-> (B, 4, 4, c3) + SiLU -flatten-> (B, 16*c3)
+      -Linear + SiLU-> features (B, feature_dim) -Linear-> logits (B, 10)
 
-Global average pooling instead of flattening keeps the model small
-(~80k parameters, ~0.3 MB) and its features shift-tolerant. GroupNorm has no
-running statistics, so train and eval modes compute the same function.
+Flattening a small 4x4 map rather than global-average pooling: with
+per-sample GroupNorm the pooled means carry little signal, and a GAP head
+trained several times slower (77% vs 97% test accuracy after 100 steps).
+~155k parameters, 0.6 MB in float32. GroupNorm keeps no running statistics,
+so train and eval modes compute the same function.
 
 Weights: `model.safetensors` + `config.json` (architecture, how it was
 trained, its test accuracy) in one folder; no pickle anywhere.
@@ -45,8 +48,8 @@ DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "weights" / "classifier"
 
 @dataclass
 class ClassifierConfig:
-    channels: tuple = (16, 32, 64)   # c0 (28x28), c1 (14x14), c2 (7x7)
-    feature_dim: int = 128           # penultimate features, used for the Fréchet distance
+    channels: tuple = (16, 32, 64, 32)   # c0 (28x28), c1 (14x14), c2 (7x7), c3 (4x4, flattened)
+    feature_dim: int = 128               # penultimate features, used for the Fréchet distance
     norm_num_groups: int = 4
     num_classes: int = NUM_CLASSES
 
@@ -55,9 +58,9 @@ class ClassifierConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
         cfg = cls(**kwargs)
-        if len(cfg.channels) != 3 or any(int(c) <= 0 or c % cfg.norm_num_groups for c in cfg.channels):
-            raise ValueError(f"channels must be 3 positive multiples of norm_num_groups={cfg.norm_num_groups}, "
-                             f"got {cfg.channels}")
+        if len(cfg.channels) != 4 or any(int(c) <= 0 or c % cfg.norm_num_groups for c in cfg.channels[:3]):
+            raise ValueError(f"channels must be 4 positive ints, the first 3 multiples of "
+                             f"norm_num_groups={cfg.norm_num_groups}; got {cfg.channels}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -69,28 +72,26 @@ class DigitClassifier(Module):
     def __init__(self, config: ClassifierConfig | None = None, rng: np.random.Generator | None = None):
         self.config = c = config or ClassifierConfig()
         rng = rng if rng is not None else np.random.default_rng(0)
-        c0, c1, c2 = c.channels
-        # (in, out, stride) per conv; each is followed by a GroupNorm with fused SiLU
-        plan = [(1, c0, 1), (c0, c1, 2), (c1, c1, 1), (c1, c2, 2), (c2, c2, 1)]
+        c0, c1, c2, c3 = c.channels
+        plan = [(1, c0, 1), (c0, c1, 2), (c1, c1, 1), (c1, c2, 2), (c2, c2, 1), (c2, c3, 2)]  # (in, out, stride)
         self.convs = ModuleList(Conv2d(i, o, 3, stride=s, padding=1, rng=rng) for i, o, s in plan)
-        # GroupNorm + SiLU after every conv but the last, which gets a plain
-        # SiLU: per-sample normalisation right before the average pool would
-        # pin each group's spatial mean, the very thing the pool reads.
+        # GroupNorm (+ fused SiLU) after every conv but the last, whose
+        # output is flattened as it is (a plain SiLU)
         self.norms = ModuleList(GroupNorm(c.norm_num_groups, o) for _, o, _ in plan[:-1])
         self.act_out = SiLU()
-        self.fc = Linear(c2, c.feature_dim, rng=rng)
+        self.fc = Linear(16 * c3, c.feature_dim, rng=rng)
         self.act = SiLU()
         self.head = Linear(c.feature_dim, c.num_classes, rng=rng)
-        self._pool_shape = None
+        self._map_shape = None
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """x: (B, 28, 28, 1) float32 in [-1, 1] (see `prepare`) -> (B, feature_dim)."""
         h = x
         for conv, norm in zip(self.convs, self.norms):
             h = norm(conv(h), silu=True)
-        h = self.act_out(self.convs[-1](h))
-        self._pool_shape = h.shape                      # (B, 7, 7, c2)
-        return self.act(self.fc(h.mean(axis=(1, 2))))  # (B, c2) -> (B, feature_dim)
+        h = self.act_out(self.convs[-1](h))                   # (B, 4, 4, c3)
+        self._map_shape = h.shape
+        return self.act(self.fc(h.reshape(len(h), -1)))      # (B, 16*c3) -> (B, feature_dim)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """-> logits (B, num_classes)."""
@@ -98,9 +99,7 @@ class DigitClassifier(Module):
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """Accumulates parameter gradients; returns d loss / d x, (B, 28, 28, 1)."""
-        dpool = self.fc.backward(self.act.backward(self.head.backward(dlogits)))  # (B, c2)
-        B, H, W, C = self._pool_shape
-        g = np.broadcast_to((dpool / (H * W))[:, None, None, :], (B, H, W, C)).astype(dpool.dtype)
+        g = self.fc.backward(self.act.backward(self.head.backward(dlogits))).reshape(self._map_shape)
         g = self.convs[-1].backward(self.act_out.backward(g))
         for conv, norm in zip(reversed(list(self.convs)[:-1]), reversed(list(self.norms))):
             g = conv.backward(norm.backward(g))
@@ -219,9 +218,9 @@ def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int = 
 
 @dataclass
 class ClassifierTrainConfig:
-    epochs: float = 4.0
+    epochs: float = 6.0
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.05
     max_shift: int = 2
@@ -292,7 +291,8 @@ def main(argv=None) -> int:
             m = accuracy(model, x, y)
             print(json.dumps(m, indent=2))
             return 0
-        cfg = ClassifierTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierTrainConfig)})
+        cfg = ClassifierTrainConfig(**{f.name: getattr(args, f.name)
+                                       for f in dataclasses.fields(ClassifierTrainConfig)})
         x_train, y_train = load_mnist(args.data, "train")
         x_test, y_test = load_mnist(args.data, "test")
     except (DataError, WeightsError) as e:

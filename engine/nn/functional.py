@@ -7,12 +7,13 @@ and GroupNorm, attention and linear layers need no transposes.
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from .blas import set_blas_threads
 from .module import grad_enabled
@@ -32,7 +33,7 @@ def scratch(role: str, shape: tuple[int, ...], dtype, keep: bool = False) -> np.
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
         bufs = _local.bufs = {}
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     key = (role, np.dtype(dtype))
     buf = bufs.get(key)
     if buf is None or buf.size < size:
@@ -93,7 +94,7 @@ def pointwise_forward(x: np.ndarray, w_mat: np.ndarray, bias) -> np.ndarray:
             if bias is not None:
                 out += bias
 
-    run_parallel(work, _round_robin(tiles(B, H, W)))
+    run_parallel(work, _round_robin(tiles(B, H, W), B * H * W * C))
     return y
 
 
@@ -127,9 +128,14 @@ def pad_hw(x: np.ndarray, pad: int, keep: bool = False) -> np.ndarray:
 
 def windows(xp: np.ndarray, k: int, stride: int, Ho: int, Wo: int) -> np.ndarray:
     """Strided view (B, Ho, Wo, k, k, C) of every output pixel's receptive
-    field in the padded input, ordered (ky, kx, c); no copy."""
-    v = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride]
-    return v[:, :Ho, :Wo].transpose(0, 1, 2, 4, 5, 3)
+    field in the padded input, ordered (ky, kx, c); no copy. (Built directly:
+    sliding_window_view's checks cost more than a small conv at B=1.)"""
+    B, C = xp.shape[0], xp.shape[3]
+    sb, sh, sw, sc = xp.strides
+    shape, strides = (B, Ho, Wo, k, k, C), (sb, sh * stride, sw * stride, sh, sw, sc)
+    if xp.flags.c_contiguous:
+        return np.ndarray(shape, xp.dtype, buffer=xp, strides=strides)
+    return as_strided(xp, shape, strides, writeable=False)
 
 
 _TILE_BYTES = 1 << 20  # an im2col block this size stays in a core's L2
@@ -149,8 +155,13 @@ def tiles(B: int, Ho: int, Wo: int, row_bytes: int = 0) -> list[tuple[int, int, 
     return [(b, b + 1, h0, h1) for b in range(B) for h0, h1 in zip(edges[:-1], edges[1:])]
 
 
-def _round_robin(items: list) -> list[list]:
-    n = min(THREADS, len(items))
+_PARALLEL_MIN_WORK = 1 << 20  # im2col elements; below this a thread hand-off costs more than it saves
+
+
+def _round_robin(items: list, work: int) -> list[list]:
+    """Deal tiles out to the threads (all to the caller for small work). Only
+    who computes a tile changes, never the tiles, so results do not."""
+    n = min(THREADS, len(items)) if work >= _PARALLEL_MIN_WORK else 1
     return [items[i::n] for i in range(n)]
 
 
@@ -173,7 +184,7 @@ def conv_forward(xp: np.ndarray, w_mat: np.ndarray, bias, k: int, stride: int, H
             if bias is not None:
                 out += bias
 
-    run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize)))
+    run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize), B * Ho * Wo * K))
     return y
 
 
@@ -196,7 +207,7 @@ def conv_weight_grad(xp: np.ndarray, grad: np.ndarray, k: int, stride: int) -> n
             acc += part
         return acc
 
-    return sum(run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize))))
+    return sum(run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize), B * Ho * Wo * K)))
 
 
 def col2im(cols: np.ndarray, H: int, W: int, stride: int, pad: int) -> np.ndarray:

@@ -8,6 +8,7 @@ diffusers' `from_pretrained` loads a folder written here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,9 @@ def save_safetensors(arrays: dict[str, np.ndarray], path: Path, metadata: dict[s
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # safetensors creates 0600 files; weights are meant to be shared
     tmp.replace(path)
 
 

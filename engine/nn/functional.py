@@ -231,6 +231,28 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+_CHUNK = 1 << 16  # elements; NumPy's float32 exp runs ~3x faster on blocks that stay in cache
+
+
+def silu_inplace(y: np.ndarray, sig_out: np.ndarray | None = None) -> None:
+    """y <- y * sigmoid(y) on a contiguous array, block by block; with
+    sig_out, also keep sigmoid(y) (for backward)."""
+    flat = y.reshape(-1)
+    sig_flat = sig_out.reshape(-1) if sig_out is not None else None
+    tmp = scratch("silu", (min(_CHUNK, flat.size),), y.dtype)
+    for i in range(0, flat.size, _CHUNK):
+        ys = flat[i:i + _CHUNK]
+        t = tmp[:ys.size] if sig_flat is None else sig_flat[i:i + _CHUNK]
+        np.negative(ys, out=t)
+        np.exp(t, out=t)
+        t += 1
+        if sig_flat is None:   # y / (1 + exp(-y))
+            np.divide(ys, t, out=ys)
+        else:
+            np.reciprocal(t, out=t)
+            ys *= t
+
+
 def silu_backward(grad: np.ndarray, x: np.ndarray, sig: np.ndarray) -> np.ndarray:
     """d/dx [x*s(x)] = s * (1 + x * (1 - s))."""
     g = 1 - sig
@@ -275,14 +297,7 @@ def group_norm_forward(x, gamma, beta, groups: int, eps: float, silu: bool):
         xc *= r * gamma
         xc += beta                                                                   # y = xhat*gamma + beta
         if silu:
-            if train:
-                sg = sigmoid(ys, out=sig[s])
-                ys *= sg
-            else:  # y / (1 + exp(-y)), one pass fewer
-                t = np.negative(ys)
-                np.exp(t, out=t)
-                t += 1
-                np.divide(ys, t, out=ys)
+            silu_inplace(ys, sig[s] if train else None)
 
     split_batch(run, B, x3.size)
     cache = (xhat, rstd_c, gamma, beta, sig, groups, x.shape) if train else None

@@ -263,6 +263,20 @@ def silu_backward(grad: np.ndarray, x: np.ndarray, sig: np.ndarray) -> np.ndarra
     return g
 
 
+_ONES: dict = {}
+
+
+def sum_rows(a: np.ndarray) -> np.ndarray:
+    """(b, N, C) -> (b, C): the sum over N as one GEMV per sample (several
+    times faster than ndarray.sum over a middle axis, and per sample, so a
+    row's result never depends on the batch)."""
+    key = (a.shape[1], a.dtype)
+    ones = _ONES.get(key)
+    if ones is None:
+        ones = _ONES[key] = np.ones((1, a.shape[1]), a.dtype)
+    return np.matmul(ones, a)[:, 0, :]
+
+
 def _per_channel(v: np.ndarray, groups: int, C: int) -> np.ndarray:
     """(b, G) group statistics -> (b, 1, C), so element-wise kernels broadcast
     along whole channel rows (inner loops of C floats, not C/G)."""
@@ -287,7 +301,7 @@ def group_norm_forward(x, gamma, beta, groups: int, eps: float, silu: bool):
     def run(s):
         xs, ys = x3[s], y[s]
         b = xs.shape[0]
-        mean = xs.sum(axis=1).reshape(b, groups, -1).sum(axis=-1) / count            # (b, G)
+        mean = sum_rows(xs).reshape(b, groups, -1).sum(axis=-1) / count              # (b, G)
         xc = np.subtract(xs, _per_channel(mean, groups, C), out=ys)                  # centred, in y
         var = np.einsum("bnc,bnc->bc", xc, xc).reshape(b, groups, -1).sum(axis=-1) / count
         r = _per_channel(1.0 / np.sqrt(var + eps), groups, C).astype(x.dtype)
@@ -328,7 +342,7 @@ def group_norm_backward(grad, cache):
         else:
             dy[...] = g3[s]
         dgamma[s] = np.einsum("bnc,bnc->bc", dy, xh)
-        dbeta[s] = dy.sum(axis=1)
+        dbeta[s] = sum_rows(dy)
         # dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means per group
         m1 = (dbeta[s] * gamma).reshape(b, groups, -1).sum(axis=-1) / count
         m2 = (dgamma[s] * gamma).reshape(b, groups, -1).sum(axis=-1) / count

@@ -70,17 +70,20 @@ class Downsample2D(Module):
 
 # Nearest x2 upsampling then a 3x3 conv equals, on each of the four output
 # phases (row parity a, column parity b), a 2x2 conv of the low-resolution
-# input: kernel rows (ky = 0, 1, 2) collapse onto input rows (i-1, i) for
-# even output rows and (i, i+1) for odd ones. _PHASE[a][r, ky] = 1 when ky
-# lands on the phase's r-th input row. 2.25x fewer FLOPs than convolving the
-# upsampled map.
-_PHASE = (np.array([[1, 0, 0], [0, 1, 1]], np.float32), np.array([[1, 1, 0], [0, 0, 1]], np.float32))
+# input: kernel rows (ky = 0, 1, 2) fall on input rows (i-1, i, i) for even
+# output rows and (i, i, i+1) for odd ones. 2.25x fewer FLOPs than
+# convolving the upsampled map.
+def _phase_kernel(w: np.ndarray, parity: int, axis: int) -> np.ndarray:
+    """Collapse a 3-tap kernel axis onto the two low-resolution taps of one
+    output parity: even rows see (k0, k1 + k2), odd rows (k0 + k1, k2)."""
+    k0, k1, k2 = (np.take(w, [i], axis=axis) for i in range(3))
+    return np.concatenate([k0, k1 + k2] if parity == 0 else [k0 + k1, k2], axis=axis)
 
 
 class Upsample2D(Module):
     """Nearest-neighbour x2 upsampling, then a 3x3 conv. In inference the
-    pair runs as four 2x2 phase convolutions (see _PHASE); with gradients on
-    it upsamples explicitly, so backward is the plain conv's."""
+    pair runs as four 2x2 phase convolutions (see _phase_kernel); with
+    gradients on it upsamples explicitly, so backward is the plain conv's."""
 
     def __init__(self, channels: int, out_channels: int | None = None, rng=None):
         self.conv = Conv2d(channels, out_channels or channels, 3, padding=1, rng=rng)
@@ -100,7 +103,7 @@ class Upsample2D(Module):
         y = np.empty((B, 2 * H, 2 * W, w.shape[0]), x.dtype)
         for a in (0, 1):
             for b in (0, 1):
-                w_ab = np.einsum("rk,sl,ockl->rsco", _PHASE[a], _PHASE[b], w).astype(x.dtype)
+                w_ab = _phase_kernel(_phase_kernel(w, a, axis=2), b, axis=3).transpose(2, 3, 1, 0)  # (2, 2, C, O)
                 y[:, a::2, b::2] = F.conv_forward(xp[:, a:, b:], w_ab.reshape(-1, w.shape[0]), bias, 2, 1, H, W)
         return y
 

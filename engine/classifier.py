@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import NUM_CLASSES, DataError, load_mnist
-from .io import WeightsError, load_safetensors, read_json, save_safetensors
+from .io import WeightsError, load_weights_into, read_json, save_safetensors
 from .nn.layers import Conv2d, GroupNorm, Linear, SiLU
 from .nn.module import Module, ModuleList, no_grad
 from .optim import AdamW, lr_at
@@ -188,15 +188,7 @@ def load_classifier(folder: str | Path = DEFAULT_FOLDER) -> tuple[DigitClassifie
         config = ClassifierConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"classifier config {folder / CONFIG_NAME} is invalid: {e}") from None
-    state = load_safetensors(folder / WEIGHTS_NAME, "classifier weights")
-    model = DigitClassifier(config)
-    try:
-        model.load_state_dict(state)
-    except ValueError as e:
-        raise WeightsError(f"classifier weights {folder / WEIGHTS_NAME} do not match its config: {e}") from None
-    for k, v in state.items():
-        if v.dtype.kind != "f" or not np.all(np.isfinite(v)):
-            raise WeightsError(f"classifier weights {folder / WEIGHTS_NAME}: tensor {k} is not finite floats")
+    model = load_weights_into(DigitClassifier(config), folder / WEIGHTS_NAME, "classifier weights")
     return model.eval(), raw
 
 

@@ -49,6 +49,23 @@ def load_safetensors(path: Path, what: str = "weights file") -> dict[str, np.nda
         raise WeightsError(f"{what} is corrupt or not a safetensors file: {path}: {e}") from None
 
 
+def load_weights_into(model, path: Path, what: str = "weights"):
+    """Load a safetensors file into `model`: every tensor must be finite
+    floats and match the model's keys and shapes. Raises WeightsError."""
+    path = Path(path)
+    state = load_safetensors(path, f"{what} file")
+    for k, v in state.items():
+        if v.dtype.kind != "f":
+            raise WeightsError(f"{what} file {path}: tensor {k} has dtype {v.dtype}, not float")
+        if not np.all(np.isfinite(v)):
+            raise WeightsError(f"{what} file {path}: tensor {k} holds NaN or inf")
+    try:
+        model.load_state_dict(state)
+    except ValueError as e:
+        raise WeightsError(f"{what} {path} do not match their config: {e}") from None
+    return model
+
+
 def save_safetensors(arrays: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Atomic write (temp file + rename) so an interrupted save never leaves a
     truncated file behind."""
@@ -88,16 +105,4 @@ def load_pretrained(folder: str | Path) -> UNet2DModel:
         config = UNet2DConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"model config {folder / CONFIG_NAME} is invalid: {e}") from None
-    state = load_safetensors(folder / WEIGHTS_NAME)
-    for k, v in state.items():
-        if v.dtype.kind != "f":
-            raise WeightsError(f"weights file {folder / WEIGHTS_NAME}: tensor {k} has dtype {v.dtype}, not float")
-    model = UNet2DModel(config)
-    try:
-        model.load_state_dict(state)
-    except ValueError as e:
-        raise WeightsError(f"weights {folder / WEIGHTS_NAME} do not match {folder / CONFIG_NAME}: {e}") from None
-    for k, v in state.items():
-        if not np.all(np.isfinite(v)):
-            raise WeightsError(f"weights file {folder / WEIGHTS_NAME}: tensor {k} holds NaN or inf")
-    return model.eval()
+    return load_weights_into(UNet2DModel(config), folder / WEIGHTS_NAME).eval()

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..nn.embeddings import TimestepEmbedding, Timesteps
 from ..nn.layers import Conv2d, Embedding, GroupNorm
-from ..nn.module import Module, ModuleList, grad_enabled
+from ..nn.module import Module, ModuleList
 from .unet_2d_blocks import DOWN_BLOCKS, UP_BLOCKS, UNetMidBlock2D
 
 

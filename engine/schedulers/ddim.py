@@ -6,9 +6,8 @@ from typing import Any
 import numpy as np
 
 from .common import (
-    COMMON_UNSUPPORTED, ConfigMixin, SchedulerOutput, as_f32, as_timestep, check_bool, check_float,
-    check_num_inference_steps, draw_noise, f32, register_known_keys, schedule_tables, spaced_timesteps,
-    validate_common,
+    COMMON_UNSUPPORTED, ConfigMixin, SchedulerOutput, as_f32, as_timestep, check_bool, check_float, draw_noise,
+    f32, register_known_keys, validate_common,
 )
 from .ddpm import NoiseTableMixin
 
@@ -39,20 +38,9 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin):
         check_bool("clip_sample", cfg["clip_sample"])
         check_float("clip_sample_range", cfg["clip_sample_range"], positive=True)
         check_bool("set_alpha_to_one", cfg["set_alpha_to_one"])
-        self.betas, self.alphas_cumprod = schedule_tables(cfg)
+        self._init_schedule(cfg)
         # abar used for the "previous" step of the last step, where there is none
         self.final_alpha_cumprod = f32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
-
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps: int | None = None
-        self.timesteps = np.arange(cfg["num_train_timesteps"] - 1, -1, -1, dtype=np.int64)
-
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        cfg = self.config
-        n = check_num_inference_steps(num_inference_steps, cfg["num_train_timesteps"])
-        self.num_inference_steps = n
-        self.timesteps = spaced_timesteps(cfg["timestep_spacing"], cfg["num_train_timesteps"], n,
-                                          cfg["steps_offset"])
 
     def previous_timestep(self, timestep) -> int:
         """t - T // n, whatever the spacing: that is what diffusers' DDIM

@@ -16,8 +16,22 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", None)
 
 
 class NoiseTableMixin:
-    """add_noise / get_velocity from alphas_cumprod, shared by DDPM and DDIM.
+    """The discrete noise table and what follows from it, shared by DDPM and
+    DDIM: schedule set-up, timestep spacing, add_noise / get_velocity.
     Float32 throughout, as diffusers does for float32 samples."""
+
+    def _init_schedule(self, cfg) -> None:
+        self.betas, self.alphas_cumprod = schedule_tables(cfg)
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = np.arange(cfg["num_train_timesteps"] - 1, -1, -1, dtype=np.int64)
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        cfg = self.config
+        n = check_num_inference_steps(num_inference_steps, cfg["num_train_timesteps"])
+        self.num_inference_steps = n
+        self.timesteps = spaced_timesteps(cfg["timestep_spacing"], cfg["num_train_timesteps"], n,
+                                          cfg["steps_offset"])
 
     def _noise_coefficients(self, timesteps, ndim: int):
         ts = as_timestep_array(timesteps, self.config["num_train_timesteps"])
@@ -74,18 +88,7 @@ class DDPMScheduler(NoiseTableMixin, ConfigMixin):
                              f"choose one of {list(VARIANCE_TYPES)}")
         check_bool("clip_sample", cfg["clip_sample"])
         check_float("clip_sample_range", cfg["clip_sample_range"], positive=True)
-        self.betas, self.alphas_cumprod = schedule_tables(cfg)
-
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps: int | None = None
-        self.timesteps = np.arange(cfg["num_train_timesteps"] - 1, -1, -1, dtype=np.int64)
-
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        cfg = self.config
-        n = check_num_inference_steps(num_inference_steps, cfg["num_train_timesteps"])
-        self.num_inference_steps = n
-        self.timesteps = spaced_timesteps(cfg["timestep_spacing"], cfg["num_train_timesteps"], n,
-                                          cfg["steps_offset"])
+        self._init_schedule(cfg)
 
     def previous_timestep(self, timestep) -> int:
         """The next entry of the timestep list once set_timesteps ran (-1

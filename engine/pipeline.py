@@ -28,6 +28,15 @@ SCHEDULERS = ("ddpm", "ddim", "dpm")
 _SHARED_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
 
 
+# DDIM clips x̂0 to [-1, 1] (clip_sample, diffusers' default) but by default
+# keeps stepping with the unclipped noise estimate; at high noise levels an
+# epsilon model's x̂0 lies far outside [-1, 1], and the mismatch bends the
+# deterministic trajectory (measured on the shipped weights at 20 steps: 72%
+# of digits classified as asked, 100% with this option). Use the noise
+# implied by the clipped x̂0, as diffusers' use_clipped_model_output does.
+_STEP_OPTIONS = {"ddim": {"use_clipped_model_output": True}}
+
+
 @dataclass
 class SamplingDefaults:
     scheduler: str = "dpm"
@@ -161,7 +170,8 @@ class DigitPipeline:
                 eps = uncond + np.float32(tr.guidance_scale) * (cond - uncond)
             row += tr.rows
             t = tr.timestep
-            res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator)
+            res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator,
+                                    **_STEP_OPTIONS.get(tr.scheduler_name, {}))
             tr.sample = res.prev_sample.astype(np.float32, copy=False)
             tr.index += 1
             tr.last = StepResult(tr.index, tr.steps, t, tr.sample[0], res.pred_original_sample[0])

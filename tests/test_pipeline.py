@@ -124,3 +124,17 @@ def test_load_errors_say_what_is_wrong(pipe, tmp_path):
     cfg_path.write_text("{not json")
     with pytest.raises(WeightsError, match="not valid JSON"):
         DigitPipeline.from_pretrained(tmp_path / "w")
+
+
+def test_ddim_steps_with_the_noise_implied_by_the_clipped_estimate(pipe, monkeypatch):
+    tr = pipe.trajectory(2, seed=8, steps=4, scheduler="ddim")
+    seen = {}
+    real = tr.scheduler.step
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr.scheduler, "step", spy)
+    pipe.step([tr])
+    assert seen.get("use_clipped_model_output") is True

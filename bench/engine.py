@@ -48,7 +48,7 @@ def ours_runner(cfg: dict, kind: str, B: int, state: dict):
     t = rng.integers(0, 1000, B)
     y = rng.integers(0, cfg.get("num_class_embeds") or 1, B) if cfg.get("num_class_embeds") else None
     if kind == "fwd":
-        model.eval()
+        model.eval().freeze()  # as DigitPipeline runs it: derived weights computed once
 
         def run():
             with no_grad():

@@ -87,7 +87,7 @@ class Trajectory:
 
 class DigitPipeline:
     def __init__(self, unet: UNet2DModel, scheduler_config: dict, defaults: SamplingDefaults | None = None):
-        self.unet = unet.eval()
+        self.unet = unet.eval().freeze()  # inference only: derived weights computed once
         self.scheduler_config = dict(scheduler_config)
         self.defaults = defaults or SamplingDefaults()
         n_classes = unet.config.num_class_embeds

@@ -71,6 +71,29 @@ def test_no_grad_forward_matches_grad_forward():
     np.testing.assert_allclose(with_grad, without, rtol=1e-5, atol=1e-6)
 
 
+def test_frozen_model_matches_live_and_follows_loaded_weights():
+    """freeze() precomputes conv matrices and upsample phase kernels: the
+    output must be bit-identical, and load_state_dict must refresh them."""
+    model, params, a = load_case("attn_class")
+    model.load_state_dict(params)
+    inputs = a["input"], a["timesteps"], a["class_labels"]
+    with no_grad():
+        live = model(*inputs)
+        model.eval().freeze()
+        np.testing.assert_array_equal(model(*inputs), live)
+
+        other = {k: v * np.float32(0.9) for k, v in params.items()}
+        model.load_state_dict(other)  # still frozen, on the new weights
+        assert model.frozen
+        frozen_other = model(*inputs)
+        model.unfreeze()
+        np.testing.assert_array_equal(frozen_other, model(*inputs))
+        assert not np.array_equal(frozen_other, live)
+
+        model.freeze().train()  # training drops the derived copies
+        assert not any(m.frozen for m in model.modules())
+
+
 def test_per_sample_timesteps_and_labels_are_independent():
     """Each row of a batch depends only on its own sample, timestep and label."""
     model, params, a = load_case("attn_class")

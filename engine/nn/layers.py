@@ -70,11 +70,20 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform(rng, bound, (out_channels,))) if bias else None
         self.k, self.stride, self.padding = k, stride, padding
         self._cache = None
+        self._frozen_matrix = None
+
+    def _derive(self, on: bool) -> None:
+        self._frozen_matrix = np.ascontiguousarray(self._live_matrix()) if on else None
+
+    def _live_matrix(self) -> np.ndarray:
+        w = self.weight.data
+        return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
 
     def _weight_matrix(self) -> np.ndarray:
         """(out, in, ky, kx) -> (ky*kx*in, out), matching im2col's (ky, kx, c) order."""
-        w = self.weight.data
-        return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+        if self._frozen_matrix is not None and not grad_enabled():
+            return self._frozen_matrix
+        return self._live_matrix()
 
     def _pointwise(self) -> bool:
         return self.k == 1 and self.stride == 1 and self.padding == 0

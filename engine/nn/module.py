@@ -50,6 +50,7 @@ class Parameter:
 
 class Module:
     training = True
+    frozen = False  # see freeze()
 
     # -- tree walking ------------------------------------------------------
     def children(self) -> Iterator[tuple[str, "Module"]]:
@@ -100,11 +101,13 @@ class Module:
         for name, p in own.items():
             if name in state:
                 p.data[...] = np.asarray(state[name], dtype=p.data.dtype)
+        self._refreeze()
 
     def to(self, dtype) -> "Module":
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = np.zeros_like(p.data)
+        self._refreeze()
         return self
 
     def zero_grad(self) -> None:
@@ -114,7 +117,36 @@ class Module:
     def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
             m.training = mode
+        if mode:
+            self.unfreeze()
         return self
+
+    # -- inference fast path -----------------------------------------------
+    # Like diffusers' fuse_qkv_projections, an opt-in for inference: layers
+    # precompute what they derive from their weights on every call (a conv's
+    # (k*k*C, O) matrix, Upsample2D's phase kernels) once. The copies are
+    # used only while gradients are off; load_state_dict() and to() refresh
+    # them, train() drops them. Weights edited in place after freeze() are
+    # not seen until freeze() is called again.
+    def freeze(self) -> "Module":
+        for m in self.modules():
+            m.frozen = True
+            m._derive(True)
+        return self
+
+    def unfreeze(self) -> "Module":
+        for m in self.modules():
+            m.frozen = False
+            m._derive(False)
+        return self
+
+    def _refreeze(self) -> None:
+        for m in self.modules():
+            if m.frozen:
+                m._derive(True)
+
+    def _derive(self, on: bool) -> None:
+        """Override to build (on=True) or drop (on=False) derived weights."""
 
     def eval(self) -> "Module":
         return self.train(False)

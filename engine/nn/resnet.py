@@ -87,6 +87,19 @@ class Upsample2D(Module):
 
     def __init__(self, channels: int, out_channels: int | None = None, rng=None):
         self.conv = Conv2d(channels, out_channels or channels, 3, padding=1, rng=rng)
+        self._frozen_phases = None
+
+    def _derive(self, on: bool) -> None:
+        self._frozen_phases = self._phase_matrices() if on else None
+
+    def _phase_matrices(self) -> dict[tuple[int, int], np.ndarray]:
+        """(a, b) -> the (2*2*C, O) matrix of output phase (row parity a, column parity b)."""
+        w = self.conv.weight.data  # (O, C, 3, 3)
+        return {
+            (a, b): np.ascontiguousarray(
+                _phase_kernel(_phase_kernel(w, a, axis=2), b, axis=3).transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+            for a in (0, 1) for b in (0, 1)
+        }
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         B, H, W, C = x.shape
@@ -97,14 +110,12 @@ class Upsample2D(Module):
 
     def _phase_forward(self, x: np.ndarray) -> np.ndarray:
         B, H, W, C = x.shape
-        w = self.conv.weight.data  # (O, C, 3, 3)
+        phases = self._frozen_phases or self._phase_matrices()
         bias = self.conv.bias.data if self.conv.bias is not None else None
         xp = F.pad_hw(x, 1)
-        y = np.empty((B, 2 * H, 2 * W, w.shape[0]), x.dtype)
-        for a in (0, 1):
-            for b in (0, 1):
-                w_ab = _phase_kernel(_phase_kernel(w, a, axis=2), b, axis=3).transpose(2, 3, 1, 0)  # (2, 2, C, O)
-                y[:, a::2, b::2] = F.conv_forward(xp[:, a:, b:], w_ab.reshape(-1, w.shape[0]), bias, 2, 1, H, W)
+        y = np.empty((B, 2 * H, 2 * W, self.conv.weight.data.shape[0]), x.dtype)
+        for (a, b), w_ab in phases.items():
+            y[:, a::2, b::2] = F.conv_forward(xp[:, a:, b:], w_ab, bias, 2, 1, H, W)
         return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ DOCS = {
     "gif_every": "Keep every k-th step as a GIF frame (the last always). Default: about 50 frames at most.",
 }
 
-EXAMPLES = {"label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 2.0, "seed": 42, "n": 1, "size": 112,
+EXAMPLES = {"label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, "seed": 42, "n": 1, "size": 112,
             "format": "png", "every": 1, "frames": "xt"}
 
 

@@ -201,6 +201,25 @@ def test_group_norm_and_conv_on_a_batch_large_enough_to_split(silu):
     gradcheck(conv, conv, lambda ws: conv.backward(ws[0]), [x], max_entries=8)
 
 
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("shape", [
+    (5, 7, 7, 64),      # small samples: several per cache block
+    (2, 40, 40, 64),    # 102,400 floats a sample: one sample in row blocks
+])
+def test_group_norm_inference_path_equals_training_path(silu, shape):
+    """Under no_grad the affine + SiLU run block by block (functional.
+    _affine_silu_blocks); they must give what the gradient-checked training
+    path gives."""
+    gn = GroupNorm(8, 64)
+    gn.weight.data[...] = R().uniform(0.5, 1.5, 64).astype(np.float32)
+    gn.bias.data[...] = R().uniform(-0.5, 0.5, 64).astype(np.float32)
+    x = (randn(*shape) * 2 + 0.3).astype(np.float32)
+    trained = gn(x, silu=silu)
+    with no_grad():
+        inferred = gn(x, silu=silu)
+    np.testing.assert_allclose(inferred, trained, rtol=1e-5, atol=1e-6)
+
+
 def test_silu():
     act = SiLU()
     gradcheck(act, act, lambda ws: act.backward(ws[0]), [randn(3, 4, 5) * 3])

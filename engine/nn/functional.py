@@ -306,16 +306,43 @@ def group_norm_forward(x, gamma, beta, groups: int, eps: float, silu: bool):
         var = np.einsum("bnc,bnc->bc", xc, xc).reshape(b, groups, -1).sum(axis=-1) / count
         r = _per_channel(1.0 / np.sqrt(var + eps), groups, C).astype(x.dtype)
         rstd_c[s] = r
-        if train:
-            np.multiply(xc, r, out=xhat[s])
+        if not train:  # y = xhat*gamma + beta (then SiLU) in cache-sized blocks
+            _affine_silu_blocks(ys, r * gamma, beta, silu)
+            return
+        np.multiply(xc, r, out=xhat[s])
         xc *= r * gamma
         xc += beta                                                                   # y = xhat*gamma + beta
         if silu:
-            silu_inplace(ys, sig[s] if train else None)
+            silu_inplace(ys, sig[s])
 
     split_batch(run, B, x3.size)
     cache = (xhat, rstd_c, gamma, beta, sig, groups, x.shape) if train else None
     return y.reshape(x.shape), cache
+
+
+def _affine_silu_blocks(y3: np.ndarray, scale: np.ndarray, shift: np.ndarray, silu: bool) -> None:
+    """y3 (b, N, C) <- y3 * scale + shift, then SiLU if asked; scale (b, 1, C),
+    shift (C,). Block by block (whole samples, or row ranges of one sample),
+    so the later passes find the data in cache. Same operations per element
+    as the unfused sequence, so the same bits."""
+    b, N, C = y3.shape
+    rows = max(1, _CHUNK // C)
+    if N <= rows:
+        per = max(1, rows // N)
+        blocks = [(slice(i, i + per), slice(0, N)) for i in range(0, b, per)]
+    else:
+        blocks = [(slice(i, i + 1), slice(n, n + rows)) for i in range(b) for n in range(0, N, rows)]
+    tmp = scratch("silu", (min(b, blocks[0][0].stop) * min(N, rows), C), y3.dtype) if silu else None
+    for sb, nb in blocks:
+        ys = y3[sb, nb]
+        ys *= scale[sb]
+        ys += shift
+        if silu:   # y / (1 + exp(-y)), as silu_inplace
+            t = tmp[:ys.shape[0] * ys.shape[1]].reshape(ys.shape)
+            np.negative(ys, out=t)
+            np.exp(t, out=t)
+            t += 1
+            np.divide(ys, t, out=ys)
 
 
 def group_norm_backward(grad, cache):

@@ -332,17 +332,12 @@ def _affine_silu_blocks(y3: np.ndarray, scale: np.ndarray, shift: np.ndarray, si
         blocks = [(slice(i, i + per), slice(0, N)) for i in range(0, b, per)]
     else:
         blocks = [(slice(i, i + 1), slice(n, n + rows)) for i in range(b) for n in range(0, N, rows)]
-    tmp = scratch("silu", (min(b, blocks[0][0].stop) * min(N, rows), C), y3.dtype) if silu else None
     for sb, nb in blocks:
-        ys = y3[sb, nb]
+        ys = y3[sb, nb]  # contiguous: whole samples, or a row range of one
         ys *= scale[sb]
         ys += shift
-        if silu:   # y / (1 + exp(-y)), as silu_inplace
-            t = tmp[:ys.shape[0] * ys.shape[1]].reshape(ys.shape)
-            np.negative(ys, out=t)
-            np.exp(t, out=t)
-            t += 1
-            np.divide(ys, t, out=ys)
+        if silu:
+            silu_inplace(ys)
 
 
 def group_norm_backward(grad, cache):

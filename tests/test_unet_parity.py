@@ -10,6 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from engine import UNet2DModel, no_grad
+from engine.nn import functional as F
 from engine.io import WEIGHTS_NAME
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -102,7 +103,39 @@ def test_per_sample_timesteps_and_labels_are_independent():
         batched = model(a["input"], a["timesteps"], a["class_labels"])
         for i in range(len(a["input"])):
             alone = model(a["input"][i:i + 1], a["timesteps"][i:i + 1], a["class_labels"][i:i + 1])
-            np.testing.assert_allclose(alone[0], batched[i], rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(alone[0], batched[i])
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_large_inference_batches_run_in_shards_with_the_same_bits(monkeypatch, frozen):
+    """Inference batches of SHARD_MIN_BATCH or more go through the network in
+    per-thread shards and chunks (functional.run_sharded). Every row must be
+    bit-identical to that sample run alone and to the unsharded batch, in
+    batch order, with its own timestep and label."""
+    model, params, a = load_case("attn_class")
+    model.load_state_dict(params)
+    model.eval().freeze() if frozen else model.eval()
+    rng = np.random.default_rng(5)
+    B = 7  # uneven shards, several chunks each
+    x = rng.standard_normal((B,) + a["input"].shape[1:]).astype(np.float32)
+    t = rng.integers(0, 1000, B)
+    y = rng.integers(0, 11, B)
+    monkeypatch.setattr(F, "SHARD_CHUNK", 2)
+    calls = []
+    real = F.run_sharded
+    monkeypatch.setattr(F, "run_sharded", lambda fn, n: calls.append(n) or real(fn, n))
+    with no_grad():
+        sharded = model(x, t, y)
+        assert calls == [B]
+        for i in range(B):
+            np.testing.assert_array_equal(model(x[i:i + 1], t[i:i + 1], y[i:i + 1])[0], sharded[i])
+        # a scalar timestep and label are broadcast before the batch is cut
+        np.testing.assert_array_equal(model(x, 417, 3)[4], model(x[4:5], 417, 3)[0])
+        monkeypatch.setattr(F, "SHARD_MIN_BATCH", B + 1)
+        np.testing.assert_array_equal(model(x, t, y), sharded)
+    assert calls == [B, B]
+    model(x, t, y)  # with gradients on: never sharded (backward needs the whole batch's caches)
+    assert calls == [B, B]
 
 
 # -- weights round trip with diffusers ---------------------------------------

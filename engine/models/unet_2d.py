@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..nn import functional as F
 from ..nn.embeddings import TimestepEmbedding, Timesteps
 from ..nn.layers import Conv2d, Embedding, GroupNorm
-from ..nn.module import Module, ModuleList
+from ..nn.module import Module, ModuleList, grad_enabled, no_grad
 from .unet_2d_blocks import DOWN_BLOCKS, UP_BLOCKS, UNetMidBlock2D
 
 
@@ -188,6 +189,18 @@ class UNet2DModel(Module):
         if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
             raise ValueError(f"sample must be (B, {self.config.in_channels}, H, W), got {sample.shape}")
         B = sample.shape[0]
+        if not grad_enabled() and F.use_shards(B):
+            t = np.broadcast_to(np.asarray(timestep).reshape(-1), (B,))
+            y = None if class_labels is None else np.broadcast_to(np.asarray(class_labels).reshape(-1), (B,))
+
+            def part(s):
+                with no_grad():
+                    return self._forward(sample[s], t[s], None if y is None else y[s])
+            return np.concatenate(F.run_sharded(part, B))
+        return self._forward(sample, timestep, class_labels)
+
+    def _forward(self, sample, timestep, class_labels):
+        B = sample.shape[0]
         x = np.ascontiguousarray(sample.transpose(0, 2, 3, 1), dtype=self.conv_in.weight.data.dtype)
         if self.config.center_input_sample:
             x = 2 * x - 1.0
@@ -195,10 +208,10 @@ class UNet2DModel(Module):
 
         h = self.conv_in(x)
         skips = [h]
-        self._skip_slices = []
+        skip_slices = []
         for block in self.down_blocks:
             h, states = block(h, emb)
-            self._skip_slices.append(slice(len(skips), len(skips) + len(states)))
+            skip_slices.append(slice(len(skips), len(skips) + len(states)))
             skips.extend(states)
         if self.mid_block is not None:
             h = self.mid_block(h, emb)
@@ -208,7 +221,8 @@ class UNet2DModel(Module):
             up_slices.append(slice(len(skips) - n, len(skips)))
             h = block(h, skips[-n:], emb)
             del skips[-n:]
-        self._up_slices = up_slices
+        if grad_enabled():  # backward's bookkeeping; inference shards must not race on it
+            self._skip_slices, self._up_slices = skip_slices, up_slices
         h = self.conv_out(self.conv_norm_out(h, silu=True))
         return h.transpose(0, 3, 1, 2)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn.attention import Attention
-from ..nn.module import Module, ModuleList
+from ..nn.module import Module, ModuleList, grad_enabled
 from ..nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
@@ -104,15 +104,17 @@ class UpBlock(Module):
 
     def forward(self, h, skips, temb):
         """skips: this block's res samples, consumed from the end."""
-        self._split = []
+        split = []
         for i, resnet in enumerate(self.resnets):
             skip = skips[len(skips) - 1 - i]
-            self._split.append(h.shape[-1])
+            split.append(h.shape[-1])
             h = resnet(np.concatenate([h, skip], axis=-1), temb)
             if self.attentions is not None:
                 h = self.attentions[i](h)
         if self.upsamplers is not None:
             h = self.upsamplers[0](h)
+        if grad_enabled():
+            self._split = split
         return h
 
     def backward(self, grad):

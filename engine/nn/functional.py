@@ -54,9 +54,14 @@ BLAS_SINGLE_THREADED = THREADS > 1 and set_blas_threads(1)
 _SPLIT_MIN_ELEMENTS = 1 << 17
 
 
+def _serial() -> bool:
+    return getattr(_local, "serial", False)
+
+
 def run_parallel(fn, parts: list) -> list:
-    """fn(part) for every part, the last one on the calling thread."""
-    if _pool is None or len(parts) < 2:
+    """fn(part) for every part, the last one on the calling thread (all on
+    it inside a shard, see run_sharded)."""
+    if _pool is None or len(parts) < 2 or _serial():
         return [fn(p) for p in parts]
     futures = [_pool.submit(fn, p) for p in parts[:-1]]
     last = fn(parts[-1])
@@ -66,12 +71,46 @@ def run_parallel(fn, parts: list) -> list:
 def split_batch(fn, batch: int, elements: int) -> None:
     """Call fn(slice) over contiguous parts of the batch, in parallel when the
     work is large enough. fn must write only into its own slice."""
-    n = min(THREADS, batch) if elements >= _SPLIT_MIN_ELEMENTS else 1
+    n = min(THREADS, batch) if elements >= _SPLIT_MIN_ELEMENTS and not _serial() else 1
     if n <= 1:
         fn(slice(0, batch))
         return
     bounds = np.linspace(0, batch, n + 1).astype(int)
     run_parallel(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+# Large inference batches go the other way: each thread takes a contiguous
+# shard of the batch through the whole network, in cache-sized chunks, and
+# runs every kernel inside it itself. One hand-off per forward instead of
+# several per layer, and each thread's activations stay in its own cache
+# (measured here: ~1.3x the throughput of the layer-by-layer split at B=64).
+# Every kernel computes a sample the same way whoever runs it and whatever
+# else is in the batch, so a sample's output bits do not change.
+SHARD_MIN_BATCH = 4   # below this the per-layer split keeps both cores busier
+SHARD_CHUNK = 16      # samples a thread carries through the network at once
+
+
+def use_shards(batch: int) -> bool:
+    return batch >= SHARD_MIN_BATCH and not _serial()
+
+
+def run_sharded(fn, batch: int) -> list:
+    """fn(slice) over chunks of at most SHARD_CHUNK samples, in THREADS
+    contiguous shards run side by side; kernels inside run serially.
+    Returns the results in batch order."""
+    edges = np.linspace(0, batch, min(THREADS, batch) + 1).astype(int)
+
+    def shard(bounds):
+        lo, hi = bounds
+        cuts = np.linspace(lo, hi, -(-(hi - lo) // SHARD_CHUNK) + 1).astype(int)
+        _local.serial = True
+        try:
+            return [fn(slice(a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
+        finally:
+            _local.serial = False
+
+    parts = run_parallel(shard, list(zip(edges[:-1], edges[1:])))
+    return [r for part in parts for r in part]
 
 
 # ---------------------------------------------------------------------------

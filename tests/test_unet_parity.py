@@ -106,6 +106,26 @@ def test_per_sample_timesteps_and_labels_are_independent():
             np.testing.assert_array_equal(alone[0], batched[i])
 
 
+@pytest.mark.parametrize("join", [False, True])
+@pytest.mark.parametrize("shape", [(5, 7, 7), (3, 28, 28), (2, 40, 40)])
+def test_conv_tiles_cover_the_output_once_and_cut_samples_by_shape_only(shape, join):
+    """functional.tiles: every (sample, row) once; a tile stays within the
+    byte budget unless it is one band of one sample; bands do not depend on
+    the batch size (they decide GEMM heights, hence a sample's bits)."""
+    B, H, W = shape
+    row_bytes = 9 * 64 * 4
+    ts = F.tiles(B, H, W, row_bytes, join=join)
+    seen = np.zeros((B, H), int)
+    for b0, b1, h0, h1 in ts:
+        seen[b0:b1, h0:h1] += 1
+        assert (b1 - b0 == 1) or (b1 - b0) * (h1 - h0) * W * row_bytes <= F._TILE_BYTES
+    np.testing.assert_array_equal(seen, 1)
+    bands = lambda n: sorted({(h0, h1) for *_, h0, h1 in F.tiles(n, H, W, row_bytes, join=join)})  # noqa: E731
+    assert bands(1) == bands(B) == bands(64)
+    if join and H * W * row_bytes * 2 <= F._TILE_BYTES:
+        assert any(b1 - b0 > 1 for b0, b1, *_ in ts)  # small samples do get joined
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_large_inference_batches_run_in_shards_with_the_same_bits(monkeypatch, frozen):
     """Inference batches of SHARD_MIN_BATCH or more go through the network in

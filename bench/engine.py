@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_json  # noqa: E402
 from engine import UNet2DModel, no_grad  # noqa: E402
 from engine.optim import AdamW  # noqa: E402
 
@@ -191,9 +192,7 @@ def main(argv=None) -> int:
 
         info["machine"].update(torch=torch.__version__, diffusers=diffusers.__version__,
                                torch_threads=torch.get_num_threads())
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, info)
     return 0
 
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.report import write_json  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
 
 LEVELS = (1, 4, 16)
@@ -248,9 +249,7 @@ def main(argv=None) -> int:
         return 2
     info = run(args)
     print_table(info)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_json(args.json, info)
     return 0
 
 

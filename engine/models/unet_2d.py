@@ -185,7 +185,11 @@ class UNet2DModel(Module):
 
     def forward(self, sample: np.ndarray, timestep, class_labels=None) -> np.ndarray:
         """sample: (B, C, H, W); timestep: scalar or (B,); class_labels: (B,) ints.
-        Returns the model output, (B, out_channels, H, W)."""
+        Returns the model output, (B, out_channels, H, W).
+
+        Under no_grad, batches of functional.SHARD_MIN_BATCH or more run as
+        per-thread shards (functional.run_sharded); each row's bits are the
+        same as in any other batch."""
         if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
             raise ValueError(f"sample must be (B, {self.config.in_channels}, H, W), got {sample.shape}")
         B = sample.shape[0]

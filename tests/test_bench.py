@@ -1,0 +1,36 @@
+"""The benchmarks still run and write their JSON (smoke runs on a tiny
+config; no timing is asserted: speed targets live in the benchmarks)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, TINY_UNET
+
+
+def _run(script, tmp_path, *args):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY_UNET))
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--config", str(cfg), "--json", str(out),
+                           *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_engine_bench_smoke(tmp_path):
+    stdout, info = _run("engine.py", tmp_path, "--quick", "--no-reference")
+    assert [r["metric"] for r in info["rows"]] == [
+        "forward latency B=1", "forward latency B=2", "forward latency B=8", "forward throughput B=64",
+        "training throughput B=64"]
+    assert all(r["numpy_s"] > 0 for r in info["rows"])
+    assert "forward throughput B=64" in stdout
+
+
+def test_ablation_bench_smoke_and_shipped_variants_are_batch_invariant(tmp_path):
+    stdout, info = _run("ablation.py", tmp_path, "--rounds", "1", "--batches", "6")
+    by = {r["variant"]: r for r in info["rows"]}
+    assert set(by) == {"engine", "no shards", "untiled chunks", "one GEMM per tile"}
+    # what seeded requests rely on: a sample's bits are the same alone and in a batch
+    assert by["engine"]["batch_invariant"] and by["no shards"]["batch_invariant"]
+    assert by["untiled chunks"]["batch_invariant"]
+    assert "a sample's bits as alone" in stdout

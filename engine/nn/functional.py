@@ -105,11 +105,11 @@ def run_sharded(fn, batch: int) -> list:
     def shard(bounds):
         lo, hi = bounds
         cuts = np.linspace(lo, hi, -(-(hi - lo) // SHARD_CHUNK) + 1).astype(int)
-        _local.serial = True
+        previous, _local.serial = _serial(), True
         try:
             return [fn(slice(a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
         finally:
-            _local.serial = False
+            _local.serial = previous
 
     parts = run_parallel(shard, list(zip(edges[:-1], edges[1:])))
     return [r for part in parts for r in part]

@@ -195,9 +195,10 @@ def tiles(B: int, Ho: int, Wo: int, row_bytes: int, join: bool = False) -> list[
     a GEMM row differently depending on the matrix's height, so a GEMM over
     several samples, or a batch-dependent band, would make a seeded image
     differ by a few ulps between running alone and running in a crowd."""
-    bands = min(Ho, max(1, -(-Ho * Wo * row_bytes // _TILE_BYTES)))
+    sample_bytes = Ho * Wo * row_bytes
+    bands = min(Ho, max(1, -(-sample_bytes // _TILE_BYTES)))
     edges = [round(i * Ho / bands) for i in range(bands + 1)]
-    per = max(1, _TILE_BYTES // max(1, Ho * Wo * row_bytes)) if join else 1
+    per = max(1, _TILE_BYTES // max(1, sample_bytes)) if join else 1  # samples a tile
     return [(b, min(b + per, B), h0, h1) for b in range(0, B, per) for h0, h1 in zip(edges[:-1], edges[1:])]
 
 

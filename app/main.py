@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -63,13 +65,13 @@ async def lifespan(app: FastAPI):
     if settings is None:  # the environment held a bad setting; create_app kept the message
         raise ConfigError(app.state.startup_error)
     try:
-        pipe = await run_in_threadpool(DigitPipeline.from_pretrained, settings.weights)
+        pipe = await run_in_threadpool(app.state.load_pipeline, settings.weights)
     except WeightsError as e:
         app.state.startup_error = (f"digitgen cannot start: {e}\n"
                                    f"  (weights folder: {settings.weights}; set DIGITGEN_WEIGHTS or --weights to a "
                                    f"folder written by DigitPipeline.save_pretrained)")
         raise
-    svc = Service(pipe, settings, app.state.metrics)
+    svc = Service(pipe, settings, app.state.metrics, app.state.clock)
     svc.start()
     app.state.service = svc
     d = pipe.defaults
@@ -102,8 +104,13 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": errors, "message": "; ".join(lines)}, status_code=422)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *,
+               load_pipeline: Callable[[Path], DigitPipeline] = DigitPipeline.from_pretrained,
+               clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """`load_pipeline` and `clock` are there for tests that control the engine
+    and time itself (tests/controlled_server.py); the service uses the defaults."""
     app = DigitgenApp(title="digitgen", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.load_pipeline, app.state.clock = load_pipeline, clock
     app.state.metrics = ServiceMetrics(settings.max_batch if settings else 64)
     app.state.service = None
     app.state.startup_error = None

@@ -3,7 +3,6 @@ metrics. Parameters are declared once in app/schemas.py."""
 
 import math
 import re
-import time
 from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Annotated
@@ -77,7 +76,7 @@ async def generate(
     events = await svc.collect(request, job)
     if events is None:
         return Response(status_code=499)  # client closed the request; nobody reads this
-    t_done = time.monotonic()
+    t_done = job.clock()
     samples = [None] * spec.n
     for ev in events:
         samples[ev.index] = ev.sample
@@ -174,7 +173,7 @@ async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> 
                 yield ServerSentEvent(event="step", id=f"{spec.seed}-{ev.step}", data={
                     "step": ev.step, "total": ev.total, "timestep": ev.timestep, "x_t": x_t, "x0": x0})
             elif isinstance(ev, FinalEvent):
-                t_done = time.monotonic()
+                t_done = job.clock()
                 image = await run_in_threadpool(render.png, ev.sample, size)
                 yield ServerSentEvent(event="done", id=f"{spec.seed}-done", data={
                     **meta, "image": render.b64(image),
@@ -210,7 +209,7 @@ async def generate_gif(
     events = await svc.collect(request, job)
     if events is None:
         return Response(status_code=499)
-    t_done = time.monotonic()
+    t_done = job.clock()
     steps_ = [ev for ev in events if isinstance(ev, StepEvent)]
     pictures = ([ev.pred_original for ev in steps_] if frames == "x0"
                 else [x_T] + [ev.sample for ev in steps_])

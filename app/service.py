@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -37,9 +39,10 @@ class Spec:
 
 
 class Service:
-    def __init__(self, pipe: DigitPipeline, settings: Settings, metrics: ServiceMetrics):
-        self.pipe, self.settings, self.metrics = pipe, settings, metrics
-        self.worker = BatchWorker(pipe, metrics, settings.max_batch, settings.max_queue)
+    def __init__(self, pipe: DigitPipeline, settings: Settings, metrics: ServiceMetrics,
+                 clock: Callable[[], float] = time.monotonic):
+        self.pipe, self.settings, self.metrics, self.clock = pipe, settings, metrics, clock
+        self.worker = BatchWorker(pipe, metrics, settings.max_batch, settings.max_queue, clock)
 
     def start(self) -> None:
         self.worker.start()
@@ -75,7 +78,7 @@ class Service:
                                            "input": getattr(spec, field)}]) from None
 
     def submit(self, trajectories: list[Trajectory], every: int = 0) -> Job:
-        job = Job(trajectories, self.settings.deadline_s, every)
+        job = Job(trajectories, self.settings.deadline_s, every, self.clock)
         try:
             self.worker.submit(job)
         except (Overloaded, ShuttingDown) as e:

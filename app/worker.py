@@ -16,6 +16,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,12 +74,14 @@ class Job:
     """One request: n trajectories and the queue its events arrive on.
     Create it on the event loop thread (the asyncio queue belongs there)."""
 
-    def __init__(self, trajectories: list[Trajectory], deadline_s: float, every: int = 0):
+    def __init__(self, trajectories: list[Trajectory], deadline_s: float, every: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.trajectories = trajectories
         self.every = every                  # 0: finals only; k: a StepEvent every k-th step and the last
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
-        self.submitted = time.monotonic()
+        self.clock = clock                  # the service's clock: deadlines and timing headers
+        self.submitted = clock()
         self.deadline = self.submitted + deadline_s
         self.deadline_s = deadline_s
         self.started: float | None = None  # when its first trajectory joined the batch
@@ -100,7 +103,7 @@ class Job:
     async def next_event(self):
         # Backstop in case the worker itself is gone: its own deadline
         # handling answers first in every normal case.
-        timeout = max(0.0, self.deadline - time.monotonic()) + 30.0
+        timeout = max(0.0, self.deadline - self.clock()) + 30.0
         try:
             return await asyncio.wait_for(self.events.get(), timeout)
         except TimeoutError:
@@ -126,8 +129,10 @@ class Job:
 
 
 class BatchWorker:
-    def __init__(self, pipe: DigitPipeline, metrics: ServiceMetrics, max_batch: int = 64, max_queue: int = 256):
+    def __init__(self, pipe: DigitPipeline, metrics: ServiceMetrics, max_batch: int = 64, max_queue: int = 256,
+                 clock: Callable[[], float] = time.monotonic):
         self.pipe, self.metrics = pipe, metrics
+        self.clock = clock  # deadlines are read from it, so a test can move time itself
         self.max_batch, self.max_queue = max_batch, max_queue
         self._cv = threading.Condition()
         self._pending: deque[Job] = deque()
@@ -189,7 +194,7 @@ class BatchWorker:
                     self._pending.clear()
                     self._queued = self._active_n = 0
                     break
-                active = self._drop_and_admit(active, time.monotonic())
+                active = self._drop_and_admit(active, self.clock())
                 self._active_n = len(active)
                 self._active_steps = sum(t.steps - t.index for _, _, t in active)
             if not active:
@@ -207,6 +212,9 @@ class BatchWorker:
             self._step_s = 0.8 * self._step_s + 0.2 * dt
             self.metrics.observe_step(len(active), dt)
             active = self._deliver(active)
+            with self._cv:  # the gauges must not show finished work while the worker waits
+                self._active_n = len(active)
+                self._active_steps = sum(t.steps - t.index for _, _, t in active)
         for job in leftovers.values():
             self._end(job, FailedEvent(ShuttingDown()), "shutdown")
 

@@ -68,15 +68,24 @@ def service_env(weights: Path, **settings) -> dict:
 
 
 class Server:
-    """A uvicorn subprocess; `url` once /readyz answers 200."""
+    """A uvicorn subprocess; `url` once /readyz answers 200.
 
-    def __init__(self, weights: Path, log: Path, **settings):
+    engine=None runs the service exactly as `uvicorn app.main:create_app
+    --factory` does. engine="tiny" or "stand-in" runs tests/controlled_server.py
+    instead, whose clock and engine steps the test drives with `control`."""
+
+    def __init__(self, weights: Path, log: Path, engine: str | None = None, step_ms: float = 0.0, **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(service_command(self.port), cwd=ROOT, env=service_env(weights, **settings),
-                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+        if engine is None:
+            cmd, streams = service_command(self.port), dict(stdout=self._log_file, stderr=subprocess.STDOUT)
+        else:
+            cmd = [sys.executable, str(ROOT / "tests" / "controlled_server.py"), str(self.port),
+                   "--engine", engine, "--step-ms", str(step_ms)]
+            streams = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=service_env(weights, **settings), **streams)
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -90,6 +99,14 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
             time.sleep(0.1)
+
+    def control(self, command: str) -> None:
+        """hold | run | step K | advance SECONDS (controlled servers only);
+        returns once the command is in force."""
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline().strip()
+        assert reply == "ok", f"control {command!r} answered {reply!r}:\n{self.log.read_text()}"
 
     def metric(self, name: str, **labels) -> float:
         """One sample from /metrics (0 when absent)."""
@@ -113,6 +130,8 @@ class Server:
 
     def stop(self) -> int:
         if self.proc.poll() is None:
+            if self.proc.stdin is not None:
+                self.control("run")  # a held step would keep the engine thread from stopping
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(15)
@@ -120,6 +139,9 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log_file.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         return self.proc.returncode
 
 

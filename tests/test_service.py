@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from PIL import Image
 
-from conftest import sse_events
+from conftest import Server, sse_events
 
 STEPS = 4
 
@@ -81,18 +82,31 @@ def test_seed_gives_identical_bytes_across_8_concurrent_requests(server):
     assert len(set(results)) == 1
 
 
-def test_seeded_request_is_the_same_alone_or_in_a_crowd(server):
-    mine = {"label": 6, "seed": 99, "steps": 8, "scheduler": "ddpm", "guidance_scale": 3.5}
-    alone = _post(server.url, mine)
-    crowd = [{"label": i, "seed": i, "steps": 3 + i, "scheduler": ("ddpm", "ddim", "dpm")[i % 3]} for i in range(7)]
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(_post, server.url, p) for p in crowd[:4]]
-        futures.append(pool.submit(_post, server.url, mine))
-        futures += [pool.submit(_post, server.url, p) for p in crowd[4:]]
-        results = [f.result() for f in futures]
-    assert results[4] == alone
-    # and they really were batched: some steps carried more than one trajectory
-    assert server.metric("digitgen_batch_size_bucket", le="1") < server.metric("digitgen_batch_size_count")
+def test_seeded_request_is_the_same_alone_or_in_a_crowd(tiny_weights, tmp_path):
+    """The engine is held until all eight requests are in, so they share
+    batches on any machine; the seeded one still gives the bytes it gives alone."""
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", engine="tiny")
+    try:
+        mine = {"label": 6, "seed": 99, "steps": 8, "scheduler": "ddpm", "guidance_scale": 3.5}
+        alone = _post(srv.url, mine)
+        crowd = [{"label": i, "seed": i, "steps": 3 + i, "scheduler": ("ddpm", "ddim", "dpm")[i % 3]}
+                 for i in range(7)]
+        srv.control("hold")
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(_post, srv.url, p) for p in crowd[:4]]
+            futures.append(pool.submit(_post, srv.url, mine))
+            futures += [pool.submit(_post, srv.url, p) for p in crowd[4:]]
+            end = time.monotonic() + 30
+            while (arrived := srv.metric("digitgen_inflight_trajectories") + srv.metric("digitgen_queue_depth")) < 8:
+                assert time.monotonic() < end, f"only {arrived:g} of 8 requests arrived"
+                time.sleep(0.02)
+            srv.control("run")
+            results = [f.result() for f in futures]
+        assert results[4] == alone
+        # and they really were batched: some step carried all eight
+        assert srv.metric("digitgen_batch_size_bucket", le="4") < srv.metric("digitgen_batch_size_count")
+    finally:
+        srv.stop()
 
 
 # -- stream ------------------------------------------------------------------------
@@ -124,26 +138,6 @@ def test_stream_resumes_after_last_event_id(client):
     assert [(e, d.get("step")) for e, _, d in events] == [("step", 7), ("step", 8), ("done", None)]
     finished = client.get("/generate/stream", params={"label": 7, "steps": 8}, headers={"Last-Event-ID": "5-done"})
     assert finished.status_code == 204  # tells EventSource to stop reconnecting
-
-
-def test_client_leaving_a_stream_frees_its_batch_slot(server):
-    before = server.metric("digitgen_trajectories_cancelled_total", reason="disconnect")
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        with c.stream("GET", "/generate/stream", params={"label": 1, "steps": 1000, "scheduler": "ddim"}) as r:
-            events = sse_events(r.iter_lines())  # keep a reference: closing the iterator closes the connection
-            assert [next(events)[0], next(events)[0]] == ["start", "step"]
-            assert server.metric("digitgen_inflight_trajectories") == 1
-    # the connection is closed: the trajectory must leave the batch within a step
-    server.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
-    server.wait_metric("digitgen_trajectories_cancelled_total", lambda v: v == before + 1, reason="disconnect")
-
-
-def test_client_leaving_a_post_frees_its_batch_slot(server):
-    before = server.metric("digitgen_trajectories_cancelled_total", reason="disconnect")
-    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(server.url + "/generate", params={"label": 1, "steps": 1000, "scheduler": "ddim"}, timeout=1)
-    server.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
-    server.wait_metric("digitgen_trajectories_cancelled_total", lambda v: v == before + 1, reason="disconnect")
 
 
 # -- GIF ---------------------------------------------------------------------------

@@ -1,43 +1,79 @@
-"""Admission, deadline and shutdown, on a server with one batch slot, one
-queue place and a short deadline."""
+"""Admission, deadlines, disconnects and shutdown, with time under the test's
+control: a server with one batch slot and one queue place whose clock and
+engine steps the test drives (tests/controlled_server.py). Each test runs
+against the real tiny model and against stand-in engine steps of ~0 ms and
+~200 ms: none of them depends on how fast the machine is."""
 from __future__ import annotations
 
+import signal
 import threading
+import time
 
 import httpx
 import pytest
 
 from conftest import Server, sse_events
 
-DEADLINE_S = 3
+DEADLINE_S = 30          # never reached in real time: the tests move the clock past it
+ENGINES = {"tiny": dict(engine="tiny"), "stand-in-0ms": dict(engine="stand-in", step_ms=0),
+           "stand-in-200ms": dict(engine="stand-in", step_ms=200)}
+LONG = {"label": 2, "steps": 1000, "scheduler": "ddim"}
 
 
-@pytest.fixture(scope="module")
-def small(tiny_weights, tmp_path_factory):
-    srv = Server(tiny_weights, tmp_path_factory.mktemp("small") / "uvicorn.log",
-                 max_batch=1, max_queue=1, deadline_s=DEADLINE_S)
+def limited_server(weights, folder, engine):
+    return Server(weights, folder / "uvicorn.log", **ENGINES[engine], max_batch=1, max_queue=1,
+                  deadline_s=DEADLINE_S)
+
+
+@pytest.fixture(scope="module", params=list(ENGINES))
+def small(request, tiny_weights, tmp_path_factory):
+    srv = limited_server(tiny_weights, tmp_path_factory.mktemp("small"), request.param)
     yield srv
     srv.stop()
 
 
-LONG = {"label": 2, "steps": 1000, "scheduler": "ddim"}  # ~20 s here: the deadline ends it first
+@pytest.fixture(autouse=True)
+def engine_runs_freely_after_each_test(request):
+    yield
+    if "small" in request.fixturenames:
+        srv = request.getfixturevalue("small")
+        srv.control("run")
+        srv.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
+        srv.wait_metric("digitgen_queue_depth", lambda v: v == 0)
+
+
+def in_background(fn):
+    """Run fn on a thread; call the result to join it and get fn's return value."""
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    t.start()
+
+    def result(timeout=60):
+        t.join(timeout)
+        assert not t.is_alive(), "the request did not return"
+        return out["value"]
+    return result
 
 
 def test_full_queue_gives_503_with_retry_after_then_deadline_ends_work(small):
+    small.control("hold")
+    deadline_before = small.metric("digitgen_trajectories_cancelled_total", reason="deadline")
     with httpx.Client(base_url=small.url, timeout=30) as a, httpx.Client(base_url=small.url, timeout=30) as b:
         with a.stream("GET", "/generate/stream", params=LONG) as running:
             events = sse_events(running.iter_lines())
             assert next(events)[0] == "start"
-            assert next(events)[0] == "step"  # it holds the only batch slot
+            small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)  # the only batch slot
             with b.stream("GET", "/generate/stream", params=LONG) as waiting:
                 assert waiting.status_code == 200
-                small.wait_metric("digitgen_queue_depth", lambda v: v == 1)  # it holds the only queue place
+                small.wait_metric("digitgen_queue_depth", lambda v: v == 1)  # the only queue place
                 r = httpx.post(small.url + "/generate", params={"label": 1, "steps": 2}, timeout=10)
                 assert r.status_code == 503
                 assert int(r.headers["retry-after"]) >= 1
                 assert "busy" in r.json()["detail"]
                 assert small.metric("digitgen_requests_rejected_total", reason="queue_full") >= 1
-                # the running stream hits its deadline: an error event, and its work stops
+                # time passes the deadline: the running stream ends with an error event, its work stops
+                small.control(f"advance {DEADLINE_S + 1}")
+                small.control("run")
                 error = next(e for e in events if e[0] != "step")
                 assert error[0] == "error" and error[2]["status"] == 504 and "deadline" in error[2]["detail"]
                 # the queued one waited past its deadline too
@@ -45,27 +81,87 @@ def test_full_queue_gives_503_with_retry_after_then_deadline_ends_work(small):
                 assert last[0] == "error" and "waiting for a batch slot" in last[2]["detail"]
     small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
     small.wait_metric("digitgen_queue_depth", lambda v: v == 0)
-    assert small.metric("digitgen_trajectories_cancelled_total", reason="deadline") >= 2
+    small.wait_metric("digitgen_trajectories_cancelled_total", lambda v: v == deadline_before + 2, reason="deadline")
 
 
 def test_post_past_its_deadline_gives_504(small):
-    r = httpx.post(small.url + "/generate", params=LONG, timeout=30)
+    small.control("hold")
+    response = in_background(lambda: httpx.post(small.url + "/generate", params=LONG, timeout=30))
+    small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
+    small.control("step 3")   # a few steps are taken...
+    small.wait_metric("digitgen_denoising_steps_total", lambda v: v >= 3)
+    small.control(f"advance {DEADLINE_S + 1}")  # ...then the deadline passes
+    small.control("run")
+    r = response()
     assert r.status_code == 504
     assert f"deadline of {DEADLINE_S} s" in r.json()["detail"]
     small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
 
 
-def test_shutdown_lets_the_open_request_finish(small):
+def test_post_within_its_deadline_finishes(small):
+    """The other side of the deadline: time that has not passed it ends nothing."""
+    small.control("hold")
+    response = in_background(lambda: httpx.post(small.url + "/generate", params={"label": 3, "steps": 5},
+                                                timeout=30))
+    small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
+    small.control(f"advance {DEADLINE_S - 1}")
+    small.control("run")
+    r = response()
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+
+
+def test_client_leaving_a_stream_frees_its_batch_slot(small):
+    before = small.metric("digitgen_trajectories_cancelled_total", reason="disconnect")
+    ended = small.metric("digitgen_http_requests_total", route="/generate/stream", status="200")
+    small.control("hold")
+    with httpx.Client(base_url=small.url, timeout=30) as c:
+        with c.stream("GET", "/generate/stream", params=LONG) as r:
+            events = sse_events(r.iter_lines())  # keep a reference: closing the iterator closes the connection
+            assert next(events)[0] == "start"
+            small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
+    # the server has seen the stream end before the engine may take another step
+    small.wait_metric("digitgen_http_requests_total", lambda v: v == ended + 1, route="/generate/stream",
+                      status="200")
+    small.control("run")
+    small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
+    small.wait_metric("digitgen_trajectories_cancelled_total", lambda v: v == before + 1, reason="disconnect")
+
+
+def test_client_leaving_a_post_frees_its_batch_slot(small):
+    before = small.metric("digitgen_trajectories_cancelled_total", reason="disconnect")
+    gone = small.metric("digitgen_http_requests_total", route="/generate", status="499")
+    small.control("hold")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(small.url + "/generate", params=LONG, timeout=1)
+    small.wait_metric("digitgen_http_requests_total", lambda v: v == gone + 1, route="/generate", status="499")
+    small.control("run")
+    small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
+    small.wait_metric("digitgen_trajectories_cancelled_total", lambda v: v == before + 1, reason="disconnect")
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_shutdown_lets_the_open_request_finish(engine, tiny_weights, tmp_path):
     """SIGINT/SIGTERM: uvicorn stops accepting, the request in flight still
     gets its image, then the process exits cleanly."""
-    result = {}
+    srv = limited_server(tiny_weights, tmp_path, engine)
+    srv.control("hold")
+    response = in_background(lambda: httpx.post(srv.url + "/generate", params={"label": 9, "steps": 5}, timeout=30))
+    srv.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
+    srv.proc.send_signal(signal.SIGINT)
+    wait_until_refused(srv.url)  # shutdown has begun: no new connections
+    srv.control("run")
+    r = response()
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+    assert srv.proc.wait(30) == 0
+    srv.stop()
 
-    def request():
-        result["r"] = httpx.post(small.url + "/generate", params={"label": 9, "steps": 40}, timeout=30)
 
-    t = threading.Thread(target=request)
-    t.start()
-    small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
-    assert small.stop() == 0
-    t.join(30)
-    assert result["r"].status_code == 200 and result["r"].content.startswith(b"\x89PNG")
+def wait_until_refused(url: str, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+        except httpx.ConnectError:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the server still accepts connections")

@@ -1,0 +1,132 @@
+"""A real uvicorn server whose engine steps and clock the test controls.
+
+    python tests/controlled_server.py PORT --engine tiny|stand-in [--step-ms MS]
+
+The app is `app.main.create_app` with the weights from DIGITGEN_WEIGHTS and
+the settings from DIGITGEN_*, as in production, with two things swapped in:
+
+* the clock the service reads deadlines from is real time plus an offset the
+  test moves forward (`advance S`): a deadline passes when the test says so,
+  not when the machine happens to be slow enough;
+* every batched step first passes a gate: `hold` makes the next step wait,
+  `step K` lets K steps through, `run` opens it. A request cannot finish
+  before the test has seen what it wants to see, however fast the machine.
+
+`--engine stand-in` replaces the UNet by one that sleeps `--step-ms` and
+predicts zero noise, so the same tests run with engine steps of ~0 ms and of
+hundreds of ms. Commands arrive one per line on stdin; each is answered
+`ok` on stdout once it is in force. uvicorn logs to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+import numpy as np
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+from engine.pipeline import DigitPipeline
+
+
+class MovableClock:
+    """time.monotonic() plus an offset that only grows."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+class StepGate:
+    """Counts the steps the test lets through; None = unlimited."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._permits: int | None = None
+
+    def set(self, permits: int | None) -> None:
+        with self._cv:
+            self._permits = permits
+            self._cv.notify_all()
+
+    def add(self, k: int) -> None:
+        with self._cv:
+            self._permits = (self._permits or 0) + k
+            self._cv.notify_all()
+
+    def wait(self) -> None:
+        with self._cv:
+            while self._permits == 0:
+                self._cv.wait()
+            if self._permits is not None:
+                self._permits -= 1
+
+
+class StandInUNet:
+    """The real UNet's attributes, but a forward that sleeps and predicts zeros."""
+
+    def __init__(self, unet, step_s: float):
+        self._unet, self._step_s = unet, step_s
+
+    def __getattr__(self, name):
+        return getattr(self._unet, name)
+
+    def __call__(self, x, timesteps, class_labels=None):
+        time.sleep(self._step_s)
+        return np.zeros_like(x)
+
+
+def loader(gate: StepGate, engine: str, step_s: float):
+    def load(folder) -> DigitPipeline:
+        pipe = DigitPipeline.from_pretrained(folder)
+        if engine == "stand-in":
+            pipe.unet = StandInUNet(pipe.unet, step_s)
+        real_step = pipe.step
+
+        def gated_step(trajectories):
+            gate.wait()
+            return real_step(trajectories)
+
+        pipe.step = gated_step
+        return pipe
+    return load
+
+
+def control(gate: StepGate, clock: MovableClock) -> None:
+    for line in sys.stdin:
+        cmd, *arg = line.split()
+        if cmd == "hold":
+            gate.set(0)
+        elif cmd == "run":
+            gate.set(None)
+        elif cmd == "step":
+            gate.add(int(arg[0]))
+        elif cmd == "advance":
+            clock.offset += float(arg[0])
+        else:
+            print(f"unknown command {line!r}", file=sys.stderr, flush=True)
+            continue
+        print("ok", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port", type=int)
+    ap.add_argument("--engine", choices=("tiny", "stand-in"), default="tiny")
+    ap.add_argument("--step-ms", type=float, default=0.0)
+    args = ap.parse_args()
+    gate, clock = StepGate(), MovableClock()
+    settings = Settings.from_env()
+    app = create_app(settings, load_pipeline=loader(gate, args.engine, args.step_ms / 1e3), clock=clock)
+    threading.Thread(target=control, args=(gate, clock), daemon=True).start()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=settings.graceful_s or None)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,9 +20,10 @@ import numpy as np
 from .io import WeightsError, read_json
 from .models.unet_2d import UNet2DModel
 from .nn.module import no_grad
-from .schedulers import make_scheduler
+from .schedulers import SAMPLERS_FOR, make_scheduler
+from .schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
-SCHEDULERS = ("ddpm", "ddim", "dpm")
+SCHEDULERS = ("ddpm", "ddim", "dpm")  # the samplers of a diffusion model
 # Keys every scheduler shares with the training DDPM config: the noise
 # schedule the model was trained on.
 _SHARED_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
@@ -89,6 +90,11 @@ class DigitPipeline:
     def __init__(self, unet: UNet2DModel, scheduler_config: dict, defaults: SamplingDefaults | None = None):
         self.unet = unet.eval().freeze()  # inference only: derived weights computed once
         self.scheduler_config = dict(scheduler_config)
+        self.scheduler_class = self.scheduler_config.get("_class_name", "DDPMScheduler")
+        if self.scheduler_class not in SAMPLERS_FOR:
+            raise WeightsError(f"scheduler class {self.scheduler_class!r} is not supported; "
+                               f"choose one of {sorted(SAMPLERS_FOR)}")
+        self.samplers = SAMPLERS_FOR[self.scheduler_class]
         self.defaults = defaults or SamplingDefaults()
         n_classes = unet.config.num_class_embeds
         if not n_classes or not 0 <= self.defaults.null_class_label < n_classes:
@@ -115,7 +121,8 @@ class DigitPipeline:
         except TypeError as e:
             raise WeightsError(f"{folder / 'model_index.json'}: bad 'digitgen' section: {e}") from None
         try:
-            make_scheduler("ddpm", **_shared(sched))
+            own = SAMPLERS_FOR.get(sched.get("_class_name", "DDPMScheduler"), SCHEDULERS)[0]
+            make_scheduler(own, **_shared(sched) if own in SCHEDULERS else sched)
         except ValueError as e:
             raise WeightsError(f"scheduler config {folder / 'scheduler'} is invalid: {e}") from None
         return cls(unet, sched, defaults)
@@ -124,11 +131,11 @@ class DigitPipeline:
         folder = Path(folder)
         self.unet.save_pretrained(folder / "unet", state=unet_state)
         (folder / "scheduler").mkdir(parents=True, exist_ok=True)
-        sched = {"_class_name": "DDPMScheduler", **{k: v for k, v in self.scheduler_config.items()
-                                                      if not k.startswith("_")}}
+        sched = {"_class_name": self.scheduler_class, **{k: v for k, v in self.scheduler_config.items()
+                                                         if not k.startswith("_")}}
         (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2) + "\n")
         index = {"_class_name": "DigitPipeline", "unet": ["diffusers", "UNet2DModel"],
-                 "scheduler": ["diffusers", "DDPMScheduler"], "digitgen": vars(self.defaults)}
+                 "scheduler": ["diffusers", self.scheduler_class], "digitgen": vars(self.defaults)}
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     # -- trajectories --------------------------------------------------------
@@ -139,9 +146,11 @@ class DigitPipeline:
         g = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
         if not 0 <= label < self.num_labels:
             raise ValueError(f"label must be in 0..{self.num_labels - 1}, got {label}")
-        if name not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
-        sched = make_scheduler(name, **_shared(self.scheduler_config))
+        if name not in self.samplers:
+            raise ValueError(f"scheduler must be one of {self.samplers}, got {name!r}")
+        # the model's own sampler takes its whole saved config; a sibling only the noise schedule
+        own = SCHEDULER_CLASSES[name]._class_name == self.scheduler_class
+        sched = make_scheduler(name, **(self.scheduler_config if own else _shared(self.scheduler_config)))
         sched.set_timesteps(steps)
         gen = np.random.default_rng(seed)
         x = gen.standard_normal((1, *self.sample_shape), dtype=np.float32) * np.float32(sched.init_noise_sigma)

@@ -116,23 +116,29 @@ class Trainer:
     def _dropouts(self):
         return [(n, m) for n, m in _named_modules(self.model) if isinstance(m, Dropout)]
 
-    def save_checkpoint(self) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"step": np.array(self.step, np.int64)}
         arrays.update({"model/" + k: v for k, v in self.model.state_dict().items()})
         arrays.update({"ema/" + k: v for k, v in self.ema.state_dict().items()})
         arrays.update({"adam/" + k: v for k, v in self.opt.state_arrays().items()})
+        return arrays
+
+    def checkpoint_meta(self) -> dict[str, str]:
         rng_state = {n: m.rng.bit_generator.state for n, m in self._dropouts()}
-        meta = {"format": "digitgen-checkpoint-1",
+        return {"format": "digitgen-checkpoint-1",
                 "train_config": json.dumps(dataclasses.asdict(self.cfg)),
                 "model_config": json.dumps(self.model.config.to_dict()),
                 "ema_updates": str(self.ema.updates),
                 "rng_state": json.dumps(rng_state)}
+
+    def save_checkpoint(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / CHECKPOINT
-        save_safetensors(arrays, path, metadata=meta)
+        save_safetensors(self.checkpoint_arrays(), path, metadata=self.checkpoint_meta())
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
+    def load_checkpoint(self, path: Path) -> tuple[dict, dict]:
+        """Restores the state; returns (arrays, metadata) for subclasses."""
         arrays = load_safetensors(path, "checkpoint")
         from safetensors import safe_open
 
@@ -151,6 +157,7 @@ class Trainer:
             if n in states:
                 m.rng.bit_generator.state = states[n]
         self.step = int(np.asarray(arrays["step"]).reshape(-1)[0])
+        return arrays, meta
 
     def ema_pipeline(self) -> DigitPipeline:
         ema_model = UNet2DModel(self.model.config)

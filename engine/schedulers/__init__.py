@@ -13,12 +13,18 @@ from .common import SchedulerOutput
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_solver import DPMSolverMultistepScheduler
+from .lcm import LCMScheduler
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
     "dpm": DPMSolverMultistepScheduler,
+    "lcm": LCMScheduler,
 }
+# The samplers a model can use, by the scheduler class its folder was saved
+# with: a diffusion model any of the three, a consistency model only its own.
+SAMPLERS_FOR = {"DDPMScheduler": ("ddpm", "ddim", "dpm"), "DDIMScheduler": ("ddpm", "ddim", "dpm"),
+                "DPMSolverMultistepScheduler": ("ddpm", "ddim", "dpm"), "LCMScheduler": ("lcm",)}
 
 
 def make_scheduler(name: str, **config: Any):
@@ -32,6 +38,6 @@ def make_scheduler(name: str, **config: Any):
 
 
 __all__ = [
-    "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "SchedulerOutput",
-    "SCHEDULERS", "make_scheduler",
+    "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "SchedulerOutput",
+    "SAMPLERS_FOR", "SCHEDULERS", "make_scheduler",
 ]

@@ -1,0 +1,291 @@
+"""Consistency distillation of the shipped model into a few-step student:
+`python -m engine.distill --data mnist.npz --out runs/fast` (also
+`digitgen distill`).
+
+Method: latent-consistency distillation (Luo et al. 2023, LCM), done in pixel
+space. The teacher is the diffusion model with classifier-free guidance at
+its sampling default (two UNet rows per evaluation); the student starts from
+the teacher's weights and learns, for one label and no guidance row, the
+consistency function f(x_t, t) -> x_0 of the teacher's guided probability-
+flow ODE. One training step, for a batch of real digits x_0 and labels y:
+
+    t ~ grid {k-1, 2k-1, ..., T-1} (k = T / 50), s = max(t - k, 0)
+    x_t  = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise
+    x_s  = one DDIM step t -> s of the teacher, eps = uncond + w (cond - uncond)
+    loss = lambda(t) * pseudo-Huber( f_student(x_t, t), f_target(x_s, s) )
+
+with f(x, t) = c_skip(t) x + c_out(t) x0_hat(x, t) (exactly x at t = 0, so
+the chain is anchored at the data end), the target network an EMA of the
+student (decay 0.95, no gradient), and lambda(t) = min(1, sqrt(SNR(t))): the
+student predicts epsilon like its teacher, so its x0_hat error at high noise
+is the epsilon error times 1/sqrt(SNR) (x150 at t = 999 on the linear
+schedule); the weight keeps every timestep's gradient on the epsilon scale.
+
+Why this method (and not progressive distillation): one run gives a student
+for 1, 2, 4 or 8 steps (LCMScheduler picks any of them from the grid), each
+training step costs one guided teacher evaluation rather than two (plus one
+row for the target), and guidance distillation comes for free, since the
+teacher's guided ODE is what the student learns. The student is a plain
+epsilon-prediction UNet2DModel and samples with diffusers' LCMScheduler.
+
+Like `engine.train`: seeded per step, resumable exactly from safetensors
+checkpoints (weights, EMA, target, Adam moments, step), tqdm bar, JSONL log,
+sample grids, SIGINT/SIGTERM checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError, load_mnist, to_model_range
+from .io import WeightsError
+from .models.unet_2d import UNet2DModel
+from .nn.module import no_grad
+from .optim import EMA, AdamW, clip_grad_norm, lr_at
+from .pipeline import DigitPipeline, SamplingDefaults
+from .schedulers import DDPMScheduler
+from .schedulers.lcm import boundary_scalings, lcm_origin_timesteps
+from .train import CHECKPOINT, Trainer
+
+DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "weights"
+
+
+@dataclass
+class DistillConfig:
+    data: str
+    teacher: str = str(DEFAULT_TEACHER)
+    out: str = "runs/fast"
+    batch_size: int = 64
+    steps: int = 6000
+    lr: float = 1e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999          # the shipped student
+    target_decay: float = 0.95        # the consistency target network
+    guidance_scale: float = -1.0      # the teacher's guidance (< 0: its sampling default)
+    original_inference_steps: int = 50
+    timestep_scaling: float = 10.0
+    huber_c: float = 1e-3             # pseudo-Huber constant, in RMS pixel units
+    seed: int = 0
+    checkpoint_minutes: float = 10.0
+    sample_seeds: int = 4
+    sample_steps: int = 4
+    log_every: int = 10
+    limit: int = 0
+
+
+def student_scheduler_config(teacher_config: dict, cfg: DistillConfig) -> dict:
+    """diffusers' LCMScheduler config on the teacher's noise schedule."""
+    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+    return {"_class_name": "LCMScheduler", **{k: teacher_config[k] for k in keep if k in teacher_config},
+            "original_inference_steps": cfg.original_inference_steps, "timestep_scaling": cfg.timestep_scaling,
+            "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True, "steps_offset": 0,
+            "timestep_spacing": "leading"}
+
+
+class Distiller(Trainer):
+    """The trainer's loop, checkpoints and export, with a teacher, a target
+    network and the consistency loss."""
+
+    def __init__(self, cfg: DistillConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        teacher = DigitPipeline.from_pretrained(cfg.teacher)
+        if teacher.scheduler_class == "LCMScheduler":
+            raise WeightsError(f"{cfg.teacher} holds a consistency model; the teacher must be a diffusion model")
+        self.teacher = teacher.unet                       # frozen, eval
+        self.null_label = teacher.defaults.null_class_label
+        self.guidance = teacher.defaults.guidance_scale if cfg.guidance_scale < 0 else cfg.guidance_scale
+        self.scheduler = DDPMScheduler.from_config({k: v for k, v in teacher.scheduler_config.items()
+                                                    if k in DDPMScheduler._fields})
+        if self.scheduler.config["prediction_type"] != "epsilon":
+            raise WeightsError("the distiller needs an epsilon-prediction teacher")
+        self.student_scheduler_config = student_scheduler_config(self.scheduler.config, cfg)
+        self.student_defaults = SamplingDefaults(scheduler="lcm", num_inference_steps=cfg.sample_steps,
+                                                 guidance_scale=1.0, null_class_label=self.null_label)
+        state = teacher.unet.state_dict()
+        self.model = UNet2DModel(teacher.unet.config)
+        self.model.load_state_dict(state)
+        self.model.train()
+        self.target = UNet2DModel(teacher.unet.config)
+        self.target.load_state_dict(state)
+        self.target.eval()
+        self.params = self.model.parameters()
+        self.opt = AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.target_ema = EMA(self.model, cfg.target_decay)
+        # the distillation grid and, per grid point, everything a step needs
+        T = self.scheduler.config["num_train_timesteps"]
+        self.grid = lcm_origin_timesteps(T, cfg.original_inference_steps)         # (N,) ascending
+        self.grid_prev = np.maximum(self.grid - T // cfg.original_inference_steps, 0)
+        self.step = 0
+        self._perm_epoch, self._perm = -1, None
+        self._stop_signal = None
+
+    # -- the loss -----------------------------------------------------------
+    def _coefficients(self, t: np.ndarray):
+        """sqrt(abar), sqrt(1 - abar), c_skip, c_out per sample, (B, 1, 1, 1) float32."""
+        abar = self.scheduler.alphas_cumprod[t]
+        c_skip, c_out = boundary_scalings(t, self.cfg.timestep_scaling)
+        shape = (-1, 1, 1, 1)
+        return (np.sqrt(abar).reshape(shape), np.sqrt(np.float32(1) - abar).reshape(shape),
+                c_skip.reshape(shape), c_out.reshape(shape))
+
+    def teacher_step(self, x_t: np.ndarray, t: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """x_s: one DDIM step t -> s (no clipping, no noise) of the guided teacher."""
+        a_t, sig_t, _, _ = self._coefficients(t)
+        a_s, sig_s, _, _ = self._coefficients(s)
+        B = len(y)
+        with no_grad():
+            eps = self.teacher(np.concatenate([x_t, x_t]), np.concatenate([t, t]),
+                               np.concatenate([y, np.full(B, self.null_label)]))
+        cond, uncond = eps[:B], eps[B:]
+        eps_w = uncond + np.float32(self.guidance) * (cond - uncond)
+        x0_w = (x_t - sig_t * eps_w) / a_t
+        return a_s * x0_w + sig_s * eps_w
+
+    def targets(self, x_t: np.ndarray, t: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """f_target(x_s, s) for x_s = teacher_step(x_t, t -> s); no gradient."""
+        x_s = self.teacher_step(x_t, t, s, y)
+        a_s, sig_s, skip_s, out_s = self._coefficients(s)
+        with no_grad():
+            eps_s = self.target(x_s, s, y)
+        return skip_s * x_s + out_s * (x_s - sig_s * eps_s) / a_s
+
+    def consistency_loss(self, eps: np.ndarray, x_t: np.ndarray, t: np.ndarray, target: np.ndarray):
+        """(loss, d loss / d eps) for the student's epsilon output."""
+        a_t, sig_t, skip_t, out_t = self._coefficients(t)
+        pred = skip_t * x_t + out_t * (x_t - sig_t * eps) / a_t
+        diff = pred - target                                         # (B, C, H, W)
+        B, D = len(diff), diff[0].size
+        rms2 = np.mean(diff.reshape(B, -1).astype(np.float64) ** 2, axis=1)
+        root = np.sqrt(rms2 + self.cfg.huber_c ** 2)
+        weight = np.minimum(1.0, (a_t / sig_t).reshape(-1).astype(np.float64))
+        loss = float(np.mean(weight * (root - self.cfg.huber_c)))
+        d_pred = diff * (weight / (B * D * root)).astype(np.float32).reshape(-1, 1, 1, 1)
+        d_eps = d_pred * (-out_t * sig_t / a_t)
+        return loss, d_eps.astype(eps.dtype, copy=False)
+
+    def train_step(self, images: np.ndarray, labels: np.ndarray) -> dict:
+        cfg = self.cfg
+        rng = np.random.default_rng((cfg.seed, 1, self.step))
+        idx = self.batch_indices(len(images))
+        x0 = to_model_range(images[idx])
+        y = labels[idx].astype(np.int64)
+        n = rng.integers(0, len(self.grid), len(y))
+        t, s = self.grid[n], self.grid_prev[n]
+        noise = rng.standard_normal(x0.shape, dtype=np.float32)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        target = self.targets(x_t, t, s, y)
+
+        self.model.zero_grad()
+        eps = self.model(x_t, t, y)
+        loss, d_eps = self.consistency_loss(eps, x_t, t, target)
+        self.model.backward(d_eps)
+        grad_norm = clip_grad_norm(self.params, cfg.grad_clip)
+        self.opt.lr = lr_at(self.step, cfg.lr, cfg.warmup, cfg.steps)
+        self.opt.step()
+        self.ema.update(self.model)
+        self.target_ema.update(self.model)
+        self.target.load_state_dict(self.target_ema.state_dict())
+        self.step += 1
+        return {"loss": loss, "lr": self.opt.lr, "grad_norm": grad_norm}
+
+    # -- checkpoints and export ------------------------------------------------
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        arrays = super().checkpoint_arrays()
+        arrays.update({"target/" + k: v for k, v in self.target_ema.state_dict().items()})
+        return arrays
+
+    def checkpoint_meta(self) -> dict[str, str]:
+        meta = super().checkpoint_meta()
+        meta.update({"kind": "distill", "target_updates": str(self.target_ema.updates)})
+        return meta
+
+    def load_checkpoint(self, path: Path) -> tuple[dict, dict]:
+        arrays, meta = super().load_checkpoint(path)
+        if meta.get("kind") != "distill":
+            raise ValueError(f"{path} is a training checkpoint, not a distillation one")
+        for k, v in arrays.items():
+            if k.startswith("target/"):
+                self.target_ema.shadow[k[7:]][...] = v
+        self.target_ema.updates = int(meta["target_updates"])
+        self.target.load_state_dict(self.target_ema.state_dict())
+        return arrays, meta
+
+    def ema_pipeline(self) -> DigitPipeline:
+        ema_model = UNet2DModel(self.model.config)
+        ema_model.load_state_dict(self.ema.state_dict())
+        return DigitPipeline(ema_model, self.student_scheduler_config, self.student_defaults)
+
+
+# -- command line ---------------------------------------------------------------
+RESUMABLE = ("steps", "checkpoint_minutes", "data", "sample_seeds", "log_every")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="digitgen distill", description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(DistillConfig):
+        kind = type(f.default) if f.default is not dataclasses.MISSING else str
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                       help="MNIST .npz or IDX folder" if f.name == "data" else f"default: {f.default}")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps in this run")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("resume", "stop_after", "no_progress")}
+    out = Path(given.get("out", DistillConfig.out))
+    ckpt = out / CHECKPOINT
+    if args.resume:
+        if not ckpt.is_file():
+            print(f"error: --resume: no checkpoint at {ckpt}", file=sys.stderr)
+            return 2
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt), "np") as f:
+            meta = f.metadata() or {}
+        if meta.get("kind") != "distill":
+            print(f"error: {ckpt} is not a distillation checkpoint (resume it with digitgen train)", file=sys.stderr)
+            return 2
+        saved = json.loads(meta["train_config"])
+        saved.update({k: given[k] for k in RESUMABLE if k in given})  # a resumed run keeps everything else
+        cfg = DistillConfig(**saved)
+    else:
+        if ckpt.exists():
+            print(f"error: {ckpt} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
+            return 2
+        if "data" not in given:
+            print("error: --data is required", file=sys.stderr)
+            return 2
+        cfg = DistillConfig(**given)
+    try:
+        images, labels = load_mnist(cfg.data, "train")
+        distiller = Distiller(cfg)
+    except (DataError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.limit:
+        images, labels = images[:cfg.limit], labels[:cfg.limit]
+    if args.resume:
+        distiller.load_checkpoint(ckpt)
+    print(f"distilling {cfg.teacher} (guidance {distiller.guidance:g}) into a {cfg.sample_steps}-step student on "
+          f"{len(images):,} images, step {distiller.step} -> {cfg.steps}, batch {cfg.batch_size}; run folder {out}",
+          file=sys.stderr)
+    distiller.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

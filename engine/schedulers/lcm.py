@@ -1,0 +1,147 @@
+"""Multistep consistency sampler (Luo et al. 2023, "Latent Consistency
+Models"), mirroring diffusers' LCMScheduler.
+
+A consistency model maps any x_t straight to its estimate of x_0 (the
+`denoised` sample below). Sampling with n steps picks n timesteps from the
+`original_inference_steps`-point grid the model was distilled on, and between
+them re-noises the estimate to the next timestep with fresh noise: a few
+large jumps instead of many small ones.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .common import (
+    COMMON_UNSUPPORTED, ConfigMixin, SchedulerOutput, as_f32, as_timestep, check_bool, check_float, check_int,
+    draw_noise, f32, register_known_keys, validate_common,
+)
+from .ddpm import NoiseTableMixin
+
+SIGMA_DATA = 0.5  # diffusers' fixed value for the boundary-condition scalings
+
+
+def lcm_origin_timesteps(num_train_timesteps: int, original_inference_steps: int) -> np.ndarray:
+    """The distillation grid, ascending: k-1, 2k-1, ..., with k = T // original steps."""
+    k = num_train_timesteps // original_inference_steps
+    return np.arange(1, original_inference_steps + 1, dtype=np.int64) * k - 1
+
+
+def boundary_scalings(timesteps, timestep_scaling: float) -> tuple[np.ndarray, np.ndarray]:
+    """(c_skip, c_out) per timestep, float32: the consistency function is
+    c_skip * x_t + c_out * x0_hat, so that it is exactly x_t at t = 0."""
+    scaled = np.asarray(timesteps, dtype=np.float32) * f32(timestep_scaling)
+    denom = scaled * scaled + f32(SIGMA_DATA ** 2)
+    return f32(SIGMA_DATA ** 2) / denom, scaled / np.sqrt(denom)
+
+
+class LCMScheduler(NoiseTableMixin, ConfigMixin):
+    _class_name = "LCMScheduler"
+    order = 1
+    _fields = {
+        "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "trained_betas": None, "original_inference_steps": 50, "clip_sample": False, "clip_sample_range": 1.0,
+        "set_alpha_to_one": True, "steps_offset": 0, "prediction_type": "epsilon", "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "timestep_spacing": "leading",
+        "timestep_scaling": 10.0, "rescale_betas_zero_snr": False,
+    }
+    _unsupported = COMMON_UNSUPPORTED
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+                 beta_schedule: str = "scaled_linear", trained_betas=None, original_inference_steps: int = 50,
+                 clip_sample: bool = False, clip_sample_range: float = 1.0, set_alpha_to_one: bool = True,
+                 steps_offset: int = 0, prediction_type: str = "epsilon", timestep_spacing: str = "leading",
+                 timestep_scaling: float = 10.0, **ignored_underscore_keys: Any):
+        given = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                     beta_schedule=beta_schedule, trained_betas=trained_betas,
+                     original_inference_steps=original_inference_steps, clip_sample=clip_sample,
+                     clip_sample_range=clip_sample_range, set_alpha_to_one=set_alpha_to_one,
+                     steps_offset=steps_offset, prediction_type=prediction_type, timestep_spacing=timestep_spacing,
+                     timestep_scaling=timestep_scaling)
+        self._register_config(given, ignored_underscore_keys)
+        cfg = self.config
+        validate_common(cfg)
+        check_int("original_inference_steps", cfg["original_inference_steps"], 1)
+        if cfg["original_inference_steps"] > cfg["num_train_timesteps"]:
+            raise ValueError(f"original_inference_steps={cfg['original_inference_steps']} is larger than "
+                             f"num_train_timesteps={cfg['num_train_timesteps']}")
+        check_bool("clip_sample", cfg["clip_sample"])
+        check_float("clip_sample_range", cfg["clip_sample_range"], positive=True)
+        check_bool("set_alpha_to_one", cfg["set_alpha_to_one"])
+        check_float("timestep_scaling", cfg["timestep_scaling"], positive=True)
+        self._init_schedule(cfg)
+        self.final_alpha_cumprod = f32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self._step_index: int | None = None
+
+    @property
+    def max_inference_steps(self) -> int:
+        return self.config["original_inference_steps"]
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """n timesteps evenly spaced, by index, on the distillation grid
+        (descending from its last point, T - 1 for the usual grid)."""
+        cfg = self.config
+        n = num_inference_steps
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+            raise ValueError(f"num_inference_steps must be an int, got {n!r}")
+        n = int(n)
+        if not 1 <= n <= self.max_inference_steps:
+            raise ValueError(f"num_inference_steps must be between 1 and original_inference_steps="
+                             f"{self.max_inference_steps} (the grid this model was distilled on), got {n}")
+        origin = lcm_origin_timesteps(cfg["num_train_timesteps"], cfg["original_inference_steps"])[::-1]
+        indices = np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)
+        self.num_inference_steps = n
+        self.timesteps = origin[indices].copy()
+        self._step_index = None
+
+    def step(self, model_output, timestep, sample, generator: np.random.Generator | None = None,
+             variance_noise: np.ndarray | None = None) -> SchedulerOutput:
+        """One jump: x0_hat from the model output, the consistency estimate
+        `denoised`, then (except after the last step) re-noised to the next
+        timestep. Returns (prev_sample, denoised)."""
+        cfg = self.config
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps() before step()")
+        model_output = as_f32(model_output, "model_output")
+        sample = as_f32(sample, "sample")
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
+        t = as_timestep(timestep, cfg["num_train_timesteps"])
+        if self._step_index is None:  # like diffusers: the first step locates itself in the schedule
+            (where,) = np.nonzero(self.timesteps == t)
+            if where.size == 0:
+                raise ValueError(f"timestep {t} is not in this scheduler's timesteps {self.timesteps.tolist()}")
+            self._step_index = int(where[0])
+        i = self._step_index
+        last = i == self.num_inference_steps - 1
+        prev_t = t if last else int(self.timesteps[i + 1])
+
+        one = f32(1.0)
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        beta_prod_t = one - alpha_prod_t
+        beta_prod_prev = one - alpha_prod_prev
+        c_skip, c_out = boundary_scalings(t, cfg["timestep_scaling"])
+
+        pt = cfg["prediction_type"]
+        if pt == "epsilon":
+            x0 = (sample - np.sqrt(beta_prod_t) * model_output) / np.sqrt(alpha_prod_t)
+        elif pt == "sample":
+            x0 = model_output.copy()
+        else:  # v_prediction
+            x0 = np.sqrt(alpha_prod_t) * sample - np.sqrt(beta_prod_t) * model_output
+        if cfg["clip_sample"]:
+            r = f32(cfg["clip_sample_range"])
+            x0 = np.clip(x0, -r, r)
+        denoised = c_out * x0 + c_skip * sample
+        if last:
+            prev_sample = denoised
+        else:
+            noise = draw_noise(model_output.shape, generator, variance_noise)
+            prev_sample = np.sqrt(alpha_prod_prev) * denoised + np.sqrt(beta_prod_prev) * noise
+        self._step_index = i + 1
+        return SchedulerOutput(prev_sample.astype(np.float32, copy=False), denoised.astype(np.float32, copy=False))
+
+
+register_known_keys(LCMScheduler._fields)

@@ -1,0 +1,153 @@
+"""The consistency distiller on a tiny teacher: its teacher step is the
+(parity-tested) DDIM step, the loss's gradients match finite differences
+through the whole student, a resumed run ends with exactly the weights of an
+uninterrupted one, and the exported student samples with LCM only."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import make_tiny_weights
+from engine.distill import DistillConfig, Distiller, main
+from engine.pipeline import DigitPipeline
+from engine.schedulers import DDIMScheduler
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("distill")
+    make_tiny_weights(d / "teacher")
+    rng = np.random.default_rng(0)
+    y = np.arange(64) % 10
+    x = (rng.random((64, 28, 28)) * 40).astype(np.uint8)
+    for i, k in enumerate(y):
+        x[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
+    np.savez(d / "mnist.npz", x_train=x, y_train=y)
+    return d
+
+
+def args(d: Path, out: Path, *extra) -> list[str]:
+    return ["--data", str(d / "mnist.npz"), "--teacher", str(d / "teacher"), "--out", str(out),
+            "--batch-size", "8", "--warmup", "2", "--lr", "1e-3", "--sample-seeds", "0", "--log-every", "1",
+            "--no-progress", *extra]
+
+
+def batch(distiller, B=3, seed=1):
+    rng = np.random.default_rng(seed)
+    x0 = rng.uniform(-1, 1, (B, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, B)
+    n = rng.integers(0, len(distiller.grid), B)
+    t, s = distiller.grid[n], distiller.grid_prev[n]
+    x_t = distiller.scheduler.add_noise(x0, rng.standard_normal(x0.shape).astype(np.float32), t)
+    return x_t, t, s, y
+
+
+def test_teacher_step_is_a_guided_ddim_step(setup):
+    distiller = Distiller(DistillConfig(data="", teacher=str(setup / "teacher")))
+    x_t, _, _, y = batch(distiller)
+    t, s = np.full(3, 539), np.full(3, 519)   # neighbours on the 50-point grid
+    got = distiller.teacher_step(x_t, t, s, y)
+    eps = distiller.teacher(np.concatenate([x_t, x_t]), np.concatenate([t, t]), np.concatenate([y, [10] * 3]))
+    eps_w = eps[3:] + np.float32(distiller.guidance) * (eps[:3] - eps[3:])
+    ddim = DDIMScheduler(clip_sample=False)
+    ddim.set_timesteps(50)
+    want = ddim.step(eps_w, 539, x_t).prev_sample
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_target_at_the_data_end_is_the_teacher_step(setup):
+    """f(x, 0) = x: on the lowest grid point the target is x_s itself."""
+    distiller = Distiller(DistillConfig(data="", teacher=str(setup / "teacher")))
+    x_t, _, _, y = batch(distiller)
+    t, s = np.full(3, distiller.grid[0]), np.zeros(3, np.int64)
+    np.testing.assert_array_equal(distiller.targets(x_t, t, s, y), distiller.teacher_step(x_t, t, s, y))
+
+
+def test_loss_gradients_match_finite_differences(setup):
+    distiller = Distiller(DistillConfig(data="", teacher=str(setup / "teacher")))
+    x_t, t, s, y = batch(distiller, B=4)
+    target = distiller.targets(x_t, t, s, y).astype(np.float64)
+    model = distiller.model.to(np.float64)
+    x_t = x_t.astype(np.float64)
+
+    def loss():
+        return distiller.consistency_loss(model(x_t, t, y), x_t, t, target)[0]
+
+    model.zero_grad()
+    value, d_eps = distiller.consistency_loss(model(x_t, t, y), x_t, t, target)
+    assert value > 0 and d_eps.dtype == np.float64
+    model.backward(d_eps)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for name, p in model.named_parameters():
+        for _ in range(2):
+            i = tuple(rng.integers(0, n) for n in p.data.shape)
+            old = p.data[i]
+            p.data[i] = old + 1e-6
+            up = loss()
+            p.data[i] = old - 1e-6
+            down = loss()
+            p.data[i] = old
+            numeric = (up - down) / 2e-6
+            assert abs(numeric - p.grad[i]) <= 1e-5 * max(1e-3, abs(numeric)) + 1e-9, (name, i, numeric, p.grad[i])
+            checked += 1
+    assert checked > 50
+
+
+def test_loss_weight_caps_high_noise_gradients(setup):
+    """lambda(t) = min(1, sqrt(SNR)): d loss / d eps has the same bound at t = 999 as at t = 19."""
+    distiller = Distiller(DistillConfig(data="", teacher=str(setup / "teacher")))
+    rng = np.random.default_rng(0)
+    for t in (19, 999):
+        x_t = rng.standard_normal((1, 1, 28, 28)).astype(np.float32)
+        eps = rng.standard_normal(x_t.shape).astype(np.float32)
+        _, d_eps = distiller.consistency_loss(eps, x_t, np.array([t]), np.zeros_like(x_t))
+        assert np.linalg.norm(d_eps) <= 1.0 + 1e-5
+
+
+def checkpoint(out: Path) -> dict:
+    return load_file(str(out / "checkpoint.safetensors"))
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    assert main(args(setup, tmp_path / "full", "--steps", "6")) == 0
+    assert main(args(setup, tmp_path / "split", "--steps", "6", "--stop-after", "3")) == 0
+    assert main(["--resume", "--out", str(tmp_path / "split"), "--no-progress"]) == 0
+    a, b = checkpoint(tmp_path / "full"), checkpoint(tmp_path / "split")
+    assert a.keys() == b.keys() and any(k.startswith("target/") for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+
+
+def test_student_is_a_consistency_model_that_samples_in_few_steps(setup, tmp_path):
+    assert main(args(setup, tmp_path / "run", "--steps", "2", "--sample-seeds", "1")) == 0
+    folder = tmp_path / "run" / "pipeline"
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["_class_name"] == "LCMScheduler" and sched["beta_schedule"] == "linear"
+    pipe = DigitPipeline.from_pretrained(folder)
+    assert pipe.samplers == ("lcm",)
+    assert (pipe.defaults.scheduler, pipe.defaults.guidance_scale) == ("lcm", 1.0)
+    for steps in (1, 2, 4, 8):
+        images = pipe.generate([3, 4], [0, 1], steps=steps)
+        assert images.shape == (2, 1, 28, 28) and np.all(np.abs(images) <= 1)
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        pipe.trajectory(3, 0, scheduler="dpm")
+    with pytest.raises(ValueError, match="original_inference_steps=50"):
+        pipe.trajectory(3, 0, steps=51)
+    assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+
+
+def test_resume_of_a_training_checkpoint_is_refused(setup, tmp_path, capsys):
+    from engine.train import main as train_main
+    tiny = setup / "tiny.json"
+    tiny.write_text((setup / "teacher" / "unet" / "config.json").read_text())
+    assert train_main(["--data", str(setup / "mnist.npz"), "--model-config", str(tiny), "--out", str(tmp_path),
+                       "--steps", "1", "--batch-size", "4", "--sample-seeds", "0", "--no-progress"]) == 0
+    assert main(["--resume", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "not a distillation checkpoint" in capsys.readouterr().err

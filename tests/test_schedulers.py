@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from engine.schedulers import (
-    DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, SchedulerOutput, make_scheduler,
+    DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler, SchedulerOutput, make_scheduler,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schedulers.npz"
 with np.load(FIXTURE, allow_pickle=False) as _npz:
     DATA = {key: _npz[key] for key in _npz.files}
 
-CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
 CASES = sorted(k[: -len("/config")] for k in DATA if k.endswith("/config"))
 RUN_CASES = [c for c in CASES if f"{c}/init" in DATA]
 ADD_NOISE_CASES = sorted(k[: -len("/noisy")] for k in DATA if k.endswith("/add_noise/noisy"))
@@ -449,3 +449,19 @@ def test_stateful_and_order_errors():
         _step(dpm, t=dpm.timesteps[-1])
     with pytest.raises(ValueError, match="shape"):
         _ddpm().step(np.zeros((1, 2)), 500, np.zeros((2, 2)))
+
+
+def test_lcm_steps_are_the_distillation_grid_and_the_last_adds_no_noise():
+    lcm = LCMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=True)
+    lcm.set_timesteps(4)
+    assert lcm.timesteps.tolist() == [999, 759, 499, 259]
+    x = np.random.default_rng(0).standard_normal((1, 1, 2, 2)).astype(np.float32)
+    for t in lcm.timesteps[:-1]:
+        x = lcm.step(np.zeros_like(x), t, x, generator=np.random.default_rng(1)).prev_sample
+    out = lcm.step(np.zeros_like(x), lcm.timesteps[-1], x, generator=np.random.default_rng(1))
+    np.testing.assert_array_equal(out.prev_sample, out.pred_original_sample)  # the estimate itself
+    with pytest.raises(ValueError, match="original_inference_steps=50"):
+        lcm.set_timesteps(51)
+    lcm.set_timesteps(2)
+    with pytest.raises(ValueError, match="not in"):
+        lcm.step(np.zeros_like(x), 500, x)

@@ -1,21 +1,29 @@
 """Dev-only: load a weights folder in diffusers and in the NumPy engine and
-compare their outputs on a few inputs (needs torch + diffusers, see README).
+compare their outputs (needs torch + diffusers, see README).
 
-    /path/to/refvenv/bin/python tools/check_diffusers_load.py [weights/unet]
+    /path/to/refvenv/bin/python tools/check_diffusers_load.py [weights/unet | weights/fast]
+
+A UNet folder: the UNet's outputs on four inputs. A pipeline folder (unet/ +
+scheduler/): the same, and for a consistency model (LCMScheduler) whole
+seeded 1-, 2- and 4-step samples, diffusers' UNet2DModel + LCMScheduler
+against DigitPipeline, fed the same noise.
 """
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import diffusers.schedulers.scheduling_lcm as lcm_module
+from diffusers import LCMScheduler
 from diffusers import UNet2DModel as DiffusersUNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import UNet2DModel, no_grad  # noqa: E402
+from engine.pipeline import DigitPipeline  # noqa: E402
 
 
-def main() -> int:
-    folder = sys.argv[1] if len(sys.argv) > 1 else "weights/unet"
+def compare_unet(folder: Path) -> bool:
     theirs = DiffusersUNet.from_pretrained(folder).eval()
     ours = UNet2DModel.from_pretrained(folder).eval().freeze()
     rng = np.random.default_rng(0)
@@ -27,7 +35,45 @@ def main() -> int:
         out = ours(x, t, y)
     diff = float(np.abs(out - ref).max())
     print(f"{folder}: max |numpy - diffusers| = {diff:.2e} (max |output| {float(np.abs(ref).max()):.2f})")
-    return 0 if diff < 1e-4 * max(1.0, float(np.abs(ref).max())) else 1
+    return diff < 1e-4 * max(1.0, float(np.abs(ref).max()))
+
+
+def compare_lcm_sampling(folder: Path) -> bool:
+    pipe = DigitPipeline.from_pretrained(folder)
+    unet = DiffusersUNet.from_pretrained(folder / "unet").eval()
+    sched = LCMScheduler.from_pretrained(folder / "scheduler")
+    ok = True
+    for steps in (1, 2, 4):
+        label, seed = 7, 11
+        ours = pipe.generate([label], [seed], steps=steps)[0]
+        # the engine's draws, in its order: x_T, then one noise per step but the last
+        gen = np.random.default_rng(seed)
+        x = gen.standard_normal((1, 1, 28, 28), dtype=np.float32)
+        noises = [gen.standard_normal((1, 1, 28, 28), dtype=np.float32) for _ in range(steps - 1)]
+        lcm_module.randn_tensor = lambda shape, **kw: torch.from_numpy(noises.pop(0))
+        sched.set_timesteps(steps)
+        sample = torch.from_numpy(x)
+        with torch.no_grad():
+            for t in sched.timesteps:
+                eps = unet(sample, t.reshape(1), class_labels=torch.tensor([label])).sample
+                sample = sched.step(eps, t, sample).prev_sample
+        theirs = np.clip(sample.numpy()[0], -1, 1)
+        diff = float(np.abs(ours - theirs).max())
+        print(f"{folder}: {steps}-step LCM sample, max |numpy - diffusers| = {diff:.2e}")
+        # one step ends at x0_hat from t=999, which scales the UNet's ~2e-6 by 1/sqrt(abar) ~ 150
+        ok &= diff < (1e-3 if steps == 1 else 1e-4)
+    return ok
+
+
+def main() -> int:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "weights/unet")
+    if not (folder / "unet").is_dir():
+        return 0 if compare_unet(folder) else 1
+    ok = compare_unet(folder / "unet")
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    if sched.get("_class_name") == "LCMScheduler":
+        ok &= compare_lcm_sampling(folder)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+import diffusers.schedulers.scheduling_lcm as lcm_module
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
 
 torch.set_num_threads(1)
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "schedulers.npz"
-CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
 SCHEDULES = {
     "linear": {},
     "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
@@ -85,21 +86,21 @@ class Recorder:
         rng = np.random.default_rng(self.seed)
         init = rng.standard_normal(shape, dtype=np.float32)
         model_outputs = rng.standard_normal((n, *shape), dtype=np.float32)
-        uses_noise = kind == "ddpm" or (kind == "ddim" and step_kwargs.get("eta", 0.0) > 0)
+        uses_noise = kind in ("ddpm", "lcm") or (kind == "ddim" and step_kwargs.get("eta", 0.0) > 0)
         noise = rng.standard_normal((n, *shape), dtype=np.float32) if uses_noise else None
 
         prev, pred = [], []
         x = torch.from_numpy(init.copy())
         for i, t in enumerate(timesteps):
             mo = torch.from_numpy(model_outputs[i].copy())
-            if kind == "ddpm":
-                # DDPM draws its own noise through randn_tensor: hand it ours.
+            if kind in ("ddpm", "lcm"):
+                # DDPM and LCM draw their own noise through randn_tensor: hand them ours.
                 def fake_randn(shape_, generator=None, device=None, dtype=None, _z=noise[i]):
                     assert tuple(shape_) == _z.shape
                     return torch.from_numpy(_z.copy())
-                ddpm_module.randn_tensor = fake_randn
+                ddpm_module.randn_tensor = lcm_module.randn_tensor = fake_randn
                 out = sched.step(mo, t, x)
-                pred.append(out.pred_original_sample.numpy())
+                pred.append((out.pred_original_sample if kind == "ddpm" else out.denoised).numpy())
             elif kind == "ddim":
                 extra = {"variance_noise": torch.from_numpy(noise[i].copy())} if uses_noise else {}
                 out = sched.step(mo, t, x, **step_kwargs, **extra)
@@ -228,6 +229,20 @@ def main() -> None:
             rec.add_noise(kind, sched)
         # exactly what save_config writes to scheduler_config.json
         rec.put(f"{kind}/default/config_json", text(CLASSES[kind]().to_json_string()))
+
+    # --- LCM (the fast model's sampler); recorded last so the seeds above stay as they were
+    student = dict(clip_sample=True)  # what engine.distill writes for the student
+    for n in (1, 2, 3, 4, 8, 50):
+        rec.case("lcm", "linear", n, "student", **student)
+    for n in (1, 4, 8):
+        rec.case("lcm", "scaled_linear", n)   # diffusers' defaults
+    for n in (4, 20):
+        rec.case("lcm", "linear", n, "orig20", original_inference_steps=20, **student)
+    rec.case("lcm", "linear", 4, "vpred", prediction_type="v_prediction", **student)
+    rec.case("lcm", "linear", 4, "sample", prediction_type="sample")
+    rec.case("lcm", "linear", 4, "scaling1", timestep_scaling=1.0)
+    rec.case("lcm", "linear", 4, "alpha1false", set_alpha_to_one=False)
+    rec.case("lcm", "squaredcos_cap_v2", 4, "student", **student)
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **rec.arrays)

@@ -7,6 +7,7 @@
     DIGITGEN_MAX_QUEUE      images that may wait for a batch slot (default 256)
     DIGITGEN_DEADLINE_S     per-request deadline in seconds, queueing included (default 120)
     DIGITGEN_GRACEFUL_S     seconds `serve` lets open requests finish on shutdown (default 10)
+    DIGITGEN_THREADS        engine threads (default 0: the CPU count, at most 8)
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+from engine import paths
+
 
 
 class ConfigError(ValueError):
@@ -24,19 +26,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    weights: Path = DEFAULT_WEIGHTS
+    weights: Path = paths.WEIGHTS
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 64
     max_queue: int = 256
     deadline_s: float = 120.0
     graceful_s: float = 10.0
+    threads: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
         checks = {"port": 0 <= self.port <= 65535, "max_batch": self.max_batch >= 1,
                   "max_queue": self.max_queue >= 0, "deadline_s": self.deadline_s > 0,
-                  "graceful_s": self.graceful_s >= 0}
+                  "graceful_s": self.graceful_s >= 0, "threads": self.threads >= 0}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range")
@@ -53,7 +56,7 @@ class Settings:
                 continue
             kind = type(f.default)
             try:
-                values[f.name] = Path(raw) if kind is type(DEFAULT_WEIGHTS) else kind(raw)
+                values[f.name] = Path(raw) if kind is type(paths.WEIGHTS) else kind(raw)
             except ValueError:
                 raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from engine.io import WeightsError
+from engine.nn import runtime
 from engine.pipeline import DigitPipeline
 
 from .config import ConfigError, Settings
@@ -64,6 +65,7 @@ async def lifespan(app: FastAPI):
     settings: Settings | None = app.state.settings
     if settings is None:  # the environment held a bad setting; create_app kept the message
         raise ConfigError(app.state.startup_error)
+    threads = runtime.configure(settings.threads or None)
     try:
         pipe = await run_in_threadpool(app.state.load_pipeline, settings.weights)
     except WeightsError as e:
@@ -75,8 +77,9 @@ async def lifespan(app: FastAPI):
     svc.start()
     app.state.service = svc
     d = pipe.defaults
-    log.info("digitgen ready: weights %s (%d parameters), default %s, %d steps, guidance %g",
-             settings.weights, pipe.unet.num_parameters(), d.scheduler, d.num_inference_steps, d.guidance_scale)
+    log.info("digitgen ready: weights %s (%d parameters), default %s, %d steps, guidance %g; %d engine threads",
+             settings.weights, pipe.unet.num_parameters(), d.scheduler, d.num_inference_steps, d.guidance_scale,
+             threads)
     try:
         yield
     finally:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from engine.images import gif_bytes, grid, png_bytes, to_image
+from engine.io.images import gif_bytes, grid, png_bytes, to_image
 
 
 def png(sample: np.ndarray, size: int) -> bytes:

@@ -4,7 +4,7 @@ switched off one at a time, rounds interleaved in one process.
 
     python bench/ablation.py [--rounds 7]
 
-Variants (each changes only module-level settings of engine/nn/functional.py):
+Variants (each changes only module-level settings of engine/nn/runtime.py and ops.py):
   engine                 as shipped: per-thread shards, cache-sized conv tiles
   no shards              every layer split across the threads in turn
   untiled chunks         inside a shard, one im2col copy + one stacked matmul
@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_json  # noqa: E402
-from engine import UNet2DModel, no_grad  # noqa: E402
-from engine.nn import functional as F  # noqa: E402
+from engine import UNet2DModel  # noqa: E402
+from engine.models.runner import InferenceRunner  # noqa: E402
+from engine.nn import ops, runtime  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "engine" / "configs" / "unet_mnist.json"
 
@@ -43,9 +44,9 @@ def merged_gemm_conv(xp, w_mat, bias, k, stride, Ho, Wo):
     """conv_forward's tiles, but each joined tile as one tall GEMM."""
     B = xp.shape[0]
     K, O = w_mat.shape
-    win = F.windows(xp, k, stride, Ho, Wo)
+    win = ops.windows(xp, k, stride, Ho, Wo)
     y = np.empty((B, Ho, Wo, O), xp.dtype)
-    for b0, b1, h0, h1 in F.tiles(B, Ho, Wo, K * xp.itemsize, join=F._serial()):
+    for b0, b1, h0, h1 in runtime.tiles(B, Ho, Wo, K * xp.itemsize, join=runtime.in_shard()):
         cols = np.ascontiguousarray(win[b0:b1, h0:h1]).reshape(-1, K)
         out = y[b0:b1, h0:h1].reshape(-1, O)
         np.matmul(cols, w_mat, out=out)
@@ -54,19 +55,20 @@ def merged_gemm_conv(xp, w_mat, bias, k, stride, Ho, Wo):
     return y
 
 
-# functional's settings per variant; anything not named keeps the shipped value
-SHIPPED = {"SHARD_MIN_BATCH": F.SHARD_MIN_BATCH, "_TILE_BYTES": F._TILE_BYTES, "conv_forward": F.conv_forward}
+# the engine's settings per variant, (module, name) -> value; anything not named keeps the shipped value
+SHIPPED = {(runtime, "SHARD_MIN_BATCH"): runtime.SHARD_MIN_BATCH, (runtime, "TILE_BYTES"): runtime.TILE_BYTES,
+           (ops, "conv_forward"): ops.conv_forward}
 VARIANTS = {
     "engine": {},
-    "no shards": {"SHARD_MIN_BATCH": 1 << 30},
-    "untiled chunks": {"_TILE_BYTES": 1 << 40},
-    "one GEMM per tile": {"conv_forward": merged_gemm_conv},
+    "no shards": {(runtime, "SHARD_MIN_BATCH"): 1 << 30},
+    "untiled chunks": {(runtime, "TILE_BYTES"): 1 << 40},
+    "one GEMM per tile": {(ops, "conv_forward"): merged_gemm_conv},
 }
 
 
 def apply(name: str) -> None:
-    for key, value in SHIPPED.items():
-        setattr(F, key, VARIANTS[name].get(key, value))
+    for (module, key), value in SHIPPED.items():
+        setattr(module, key, VARIANTS[name].get((module, key), value))
 
 
 def main(argv=None) -> int:
@@ -76,8 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="32,64")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "ablation.json"))
     args = p.parse_args(argv)
+    runtime.configure()  # the engine's threads, as the service runs them
     cfg = {k: v for k, v in json.loads(Path(args.config).read_text()).items() if not k.startswith("_")}
-    model = UNet2DModel(**cfg, rng=np.random.default_rng(0)).eval().freeze()
+    model = InferenceRunner(UNet2DModel(**cfg, rng=np.random.default_rng(0)).eval().precompute_for_inference())
     rng = np.random.default_rng(0)
 
     rows = []
@@ -87,19 +90,18 @@ def main(argv=None) -> int:
         y = rng.integers(0, cfg["num_class_embeds"], B)
         times = {name: [] for name in VARIANTS}
         invariant = {}
-        with no_grad():
-            for name in VARIANTS:  # warm-up, and: is each sample's result the same as alone?
+        for name in VARIANTS:  # warm-up, and: is each sample's result the same as alone?
+            apply(name)
+            batched = model(x, t, y)
+            invariant[name] = all(np.array_equal(model(x[i:i + 1], t[i:i + 1], y[i:i + 1])[0], batched[i])
+                                  for i in (0, B // 2, B - 1))
+        for _ in range(args.rounds):
+            for name in VARIANTS:
                 apply(name)
-                batched = model(x, t, y)
-                invariant[name] = all(np.array_equal(model(x[i:i + 1], t[i:i + 1], y[i:i + 1])[0], batched[i])
-                                      for i in (0, B // 2, B - 1))
-            for _ in range(args.rounds):
-                for name in VARIANTS:
-                    apply(name)
-                    time.sleep(0.1)
-                    t0 = time.perf_counter()
-                    model(x, t, y)
-                    times[name].append(time.perf_counter() - t0)
+                time.sleep(0.1)
+                t0 = time.perf_counter()
+                model(x, t, y)
+                times[name].append(time.perf_counter() - t0)
         apply("engine")
         base = float(np.median(times["engine"]))
         for name, ts in times.items():
@@ -116,7 +118,7 @@ def main(argv=None) -> int:
     print("\nvs engine = engine time / variant time (below 1: the variant is slower)")
     info = {"config": cfg, "rows": rows, "rounds": args.rounds, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "numpy": np.__version__,
-                        "threads": F.THREADS}}
+                        "threads": runtime.threads()}}
     write_json(args.json, info)
     return 0
 

@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_json  # noqa: E402
-from engine import UNet2DModel, no_grad  # noqa: E402
-from engine.optim import AdamW  # noqa: E402
+from engine import UNet2DModel  # noqa: E402
+from engine.models.runner import InferenceRunner  # noqa: E402
+from engine.nn import runtime  # noqa: E402
+from engine.training.optim import AdamW  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "engine" / "configs" / "unet_mnist.json"
 
@@ -49,12 +51,9 @@ def ours_runner(cfg: dict, kind: str, B: int, state: dict):
     t = rng.integers(0, 1000, B)
     y = rng.integers(0, cfg.get("num_class_embeds") or 1, B) if cfg.get("num_class_embeds") else None
     if kind == "fwd":
-        model.eval().freeze()  # as DigitPipeline runs it: derived weights computed once
-
-        def run():
-            with no_grad():
-                model(x, t, y)
-        return run
+        # as DigitPipeline runs it: derived weights computed once, large batches in shards
+        run_unet = InferenceRunner(model.eval().precompute_for_inference())
+        return lambda: run_unet(x, t, y)
     model.train()
     opt = AdamW(model.parameters(), lr=1e-4)
 
@@ -134,6 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-reference", action="store_true", help="skip diffusers even if installed")
     p.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     args = p.parse_args(argv)
+    runtime.configure()  # the engine's threads, as the service runs them
     cfg = {k: v for k, v in json.loads(Path(args.config).read_text()).items() if not k.startswith("_")}
     rounds = 2 if args.quick else args.rounds
     ref = have_reference() and not args.no_reference

@@ -241,6 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "service.json"))
     args = p.parse_args(argv)
+    runtime.configure()  # the engine's threads, as the service runs them
     if args.quick:
         args.seconds, args.rounds = 3.0, 1
     if not args.random_init and not Path(args.weights).is_dir():

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 from engine import UNet2DModel
+from engine.nn import runtime
 from engine.pipeline import DigitPipeline, SamplingDefaults
+
+runtime.configure()  # the engine's threads, as the service and the CLI set them up
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,

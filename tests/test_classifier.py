@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.classifier import (ClassifierConfig, ClassifierTrainConfig, DigitClassifier, cross_entropy,
+from engine.evaluation.classifier import (ClassifierConfig, ClassifierTrainConfig, DigitClassifier, cross_entropy,
                                load_classifier, main, predict, prepare, random_shift, save_classifier, train)
 from engine.io import WeightsError
 

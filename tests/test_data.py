@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from engine.data import DataError, from_model_range, load_mnist, to_model_range
+from engine.io.data import DataError, from_model_range, load_mnist, to_model_range
 
 
 def make_split(n, seed=0):

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import make_tiny_weights
-from engine.distill import DistillConfig, Distiller, main
+from engine.training.distill import DistillConfig, Distiller, main
 from engine.pipeline import DigitPipeline
 from engine.schedulers import DDIMScheduler
 
@@ -144,7 +144,7 @@ def test_student_is_a_consistency_model_that_samples_in_few_steps(setup, tmp_pat
 
 
 def test_resume_of_a_training_checkpoint_is_refused(setup, tmp_path, capsys):
-    from engine.train import main as train_main
+    from engine.training.train import main as train_main
     tiny = setup / "tiny.json"
     tiny.write_text((setup / "teacher" / "unet" / "config.json").read_text())
     assert train_main(["--data", str(setup / "mnist.npz"), "--model-config", str(tiny), "--out", str(tmp_path),

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from engine.classifier import ClassifierConfig, DigitClassifier, save_classifier
-from engine.evaluate import (balanced_indices, feature_stats, format_report, frechet_distance, frechet_features,
+from engine.evaluation.classifier import ClassifierConfig, DigitClassifier, save_classifier
+from engine.evaluation.evaluate import (balanced_indices, feature_stats, format_report, frechet_distance, frechet_features,
                              main, nearest_distances, sqrtm_psd)
 from engine.models.unet_2d import UNet2DModel
 from engine.pipeline import DigitPipeline, SamplingDefaults

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from engine.train import main
+from engine.training.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"sample_size": 28, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
@@ -87,7 +87,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(data, tmp_path):
     uninterrupted reference stops wherever the signal happened to land."""
     long_run = ("--steps", "1000000")
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "engine.train", *args(data, out, *long_run)]
+    cmd = [sys.executable, "-m", "engine.training.train", *args(data, out, *long_run)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "log.jsonl").is_file() or not (out / "log.jsonl").read_text().strip():

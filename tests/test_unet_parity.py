@@ -10,8 +10,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from engine import UNet2DModel, no_grad
-from engine.nn import functional as F
-from engine.io import WEIGHTS_NAME
+from engine.models.runner import InferenceRunner
+from engine.nn import runtime as F
+from engine.models.unet_2d import WEIGHTS_NAME
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = ["attn_class", "plain", "shipped_like"]
@@ -72,27 +73,27 @@ def test_no_grad_forward_matches_grad_forward():
     np.testing.assert_allclose(with_grad, without, rtol=1e-5, atol=1e-6)
 
 
-def test_frozen_model_matches_live_and_follows_loaded_weights():
-    """freeze() precomputes conv matrices and upsample phase kernels: the
+def test_precomputed_model_matches_live_and_follows_loaded_weights():
+    """precompute_for_inference() computes conv matrices and upsample phase kernels: the
     output must be bit-identical, and load_state_dict must refresh them."""
     model, params, a = load_case("attn_class")
     model.load_state_dict(params)
     inputs = a["input"], a["timesteps"], a["class_labels"]
     with no_grad():
         live = model(*inputs)
-        model.eval().freeze()
+        model.eval().precompute_for_inference()
         np.testing.assert_array_equal(model(*inputs), live)
 
         other = {k: v * np.float32(0.9) for k, v in params.items()}
-        model.load_state_dict(other)  # still frozen, on the new weights
-        assert model.frozen
-        frozen_other = model(*inputs)
-        model.unfreeze()
-        np.testing.assert_array_equal(frozen_other, model(*inputs))
-        assert not np.array_equal(frozen_other, live)
+        model.load_state_dict(other)  # still precomputed, on the new weights
+        assert model.precomputed
+        precomputed_other = model(*inputs)
+        model.drop_precomputed()
+        np.testing.assert_array_equal(precomputed_other, model(*inputs))
+        assert not np.array_equal(precomputed_other, live)
 
-        model.freeze().train()  # training drops the derived copies
-        assert not any(m.frozen for m in model.modules())
+        model.precompute_for_inference().train()  # training drops the derived copies
+        assert not any(m.precomputed for m in model.modules())
 
 
 def test_per_sample_timesteps_and_labels_are_independent():
@@ -109,7 +110,7 @@ def test_per_sample_timesteps_and_labels_are_independent():
 @pytest.mark.parametrize("join", [False, True])
 @pytest.mark.parametrize("shape", [(5, 7, 7), (3, 28, 28), (2, 40, 40)])
 def test_conv_tiles_cover_the_output_once_and_cut_samples_by_shape_only(shape, join):
-    """functional.tiles: every (sample, row) once; a tile stays within the
+    """runtime.tiles: every (sample, row) once; a tile stays within the
     byte budget unless it is one band of one sample; bands do not depend on
     the batch size (they decide GEMM heights, hence a sample's bits)."""
     B, H, W = shape
@@ -118,23 +119,24 @@ def test_conv_tiles_cover_the_output_once_and_cut_samples_by_shape_only(shape, j
     seen = np.zeros((B, H), int)
     for b0, b1, h0, h1 in ts:
         seen[b0:b1, h0:h1] += 1
-        assert (b1 - b0 == 1) or (b1 - b0) * (h1 - h0) * W * row_bytes <= F._TILE_BYTES
+        assert (b1 - b0 == 1) or (b1 - b0) * (h1 - h0) * W * row_bytes <= F.TILE_BYTES
     np.testing.assert_array_equal(seen, 1)
     bands = lambda n: sorted({(h0, h1) for *_, h0, h1 in F.tiles(n, H, W, row_bytes, join=join)})  # noqa: E731
     assert bands(1) == bands(B) == bands(64)
-    if join and H * W * row_bytes * 2 <= F._TILE_BYTES:
+    if join and H * W * row_bytes * 2 <= F.TILE_BYTES:
         assert any(b1 - b0 > 1 for b0, b1, *_ in ts)  # small samples do get joined
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_large_inference_batches_run_in_shards_with_the_same_bits(monkeypatch, frozen):
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_large_inference_batches_run_in_shards_with_the_same_bits(monkeypatch, precomputed):
     """Inference batches of SHARD_MIN_BATCH or more go through the network in
-    per-thread shards and chunks (functional.run_sharded). Every row must be
+    per-thread shards and chunks (models.runner.InferenceRunner). Every row must be
     bit-identical to that sample run alone and to the unsharded batch, in
     batch order, with its own timestep and label."""
     model, params, a = load_case("attn_class")
     model.load_state_dict(params)
-    model.eval().freeze() if frozen else model.eval()
+    model.eval().precompute_for_inference() if precomputed else model.eval()
+    run = InferenceRunner(model)
     rng = np.random.default_rng(5)
     B = 7  # uneven shards, several chunks each
     x = rng.standard_normal((B,) + a["input"].shape[1:]).astype(np.float32)
@@ -144,17 +146,16 @@ def test_large_inference_batches_run_in_shards_with_the_same_bits(monkeypatch, f
     calls = []
     real = F.run_sharded
     monkeypatch.setattr(F, "run_sharded", lambda fn, n: calls.append(n) or real(fn, n))
+    sharded = run(x, t, y)
+    assert calls == [B]
+    for i in range(B):
+        np.testing.assert_array_equal(run(x[i:i + 1], t[i:i + 1], y[i:i + 1])[0], sharded[i])
+    # a scalar timestep and label are broadcast before the batch is cut
+    np.testing.assert_array_equal(run(x, 417, 3)[4], run(x[4:5], 417, 3)[0])
+    monkeypatch.setattr(F, "SHARD_MIN_BATCH", B + 1)
+    np.testing.assert_array_equal(run(x, t, y), sharded)
     with no_grad():
-        sharded = model(x, t, y)
-        assert calls == [B]
-        for i in range(B):
-            np.testing.assert_array_equal(model(x[i:i + 1], t[i:i + 1], y[i:i + 1])[0], sharded[i])
-        # a scalar timestep and label are broadcast before the batch is cut
-        np.testing.assert_array_equal(model(x, 417, 3)[4], model(x[4:5], 417, 3)[0])
-        monkeypatch.setattr(F, "SHARD_MIN_BATCH", B + 1)
-        np.testing.assert_array_equal(model(x, t, y), sharded)
-    assert calls == [B, B]
-    model(x, t, y)  # with gradients on: never sharded (backward needs the whole batch's caches)
+        np.testing.assert_array_equal(model(x, t, y), sharded)  # the model itself never shards
     assert calls == [B, B]
 
 

@@ -20,12 +20,13 @@ from diffusers import UNet2DModel as DiffusersUNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import UNet2DModel, no_grad  # noqa: E402
+from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
 
 
 def compare_unet(folder: Path) -> bool:
     theirs = DiffusersUNet.from_pretrained(folder).eval()
-    ours = UNet2DModel.from_pretrained(folder).eval().freeze()
+    ours = UNet2DModel.from_pretrained(folder).eval().precompute_for_inference()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 1, 28, 28), dtype=np.float32)
     t, y = np.array([10, 300, 700, 999]), np.array([0, 5, 9, 10])
@@ -66,6 +67,7 @@ def compare_lcm_sampling(folder: Path) -> bool:
 
 
 def main() -> int:
+    runtime.configure()
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "weights/unet")
     if not (folder / "unet").is_dir():
         return 0 if compare_unet(folder) else 1

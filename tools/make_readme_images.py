@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.images import grid  # noqa: E402
+from engine.io.images import grid  # noqa: E402
+from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
 
 
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs"))
     p.add_argument("--seeds", type=int, default=6)
     args = p.parse_args(argv)
+    runtime.configure()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = DigitPipeline.from_pretrained(args.weights)

@@ -231,7 +231,7 @@ def main() -> None:
         rec.put(f"{kind}/default/config_json", text(CLASSES[kind]().to_json_string()))
 
     # --- LCM (the fast model's sampler); recorded last so the seeds above stay as they were
-    student = dict(clip_sample=True)  # what engine.distill writes for the student
+    student = dict(clip_sample=True)  # what engine.training.distill writes for the student
     for n in (1, 2, 3, 4, 8, 50):
         rec.case("lcm", "linear", n, "student", **student)
     for n in (1, 4, 8):

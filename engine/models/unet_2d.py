@@ -2,20 +2,27 @@
 in NumPy with a full backward pass.
 
 The public forward takes and returns NCHW arrays like diffusers; inside,
-activations are channels-last (see engine/nn/functional.py).
+activations are channels-last (see engine/nn/ops.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ..nn import functional as F
+from ..io.weights import WeightsError, load_weights_into, read_json, save_safetensors
+
 from ..nn.embeddings import TimestepEmbedding, Timesteps
 from ..nn.layers import Conv2d, Embedding, GroupNorm
-from ..nn.module import Module, ModuleList, grad_enabled, no_grad
+from ..nn.module import Module, ModuleList, grad_enabled
 from .unet_2d_blocks import DOWN_BLOCKS, UP_BLOCKS, UNetMidBlock2D
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_VERSION = "0.42.1"  # the diffusers release our parity fixtures were made with
 
 
 @dataclass
@@ -158,17 +165,34 @@ class UNet2DModel(Module):
         self._skip_slices: list[slice] = []  # forward's skip list, per down block
         self._up_slices: list[slice] = []    # ... and the part each up block consumed
 
-    # -- weights in diffusers' folder layout (engine/io.py) ----------------
+    # -- weights in diffusers' folder layout ---------------------------------
+    # A folder written by diffusers' UNet2DModel.save_pretrained loads here,
+    # and diffusers' from_pretrained loads a folder written here.
     @classmethod
-    def from_pretrained(cls, folder) -> "UNet2DModel":
-        from ..io import load_pretrained
+    def from_pretrained(cls, folder: str | Path) -> "UNet2DModel":
+        """Build from config.json + diffusion_pytorch_model.safetensors. Raises
+        WeightsError with a message that says what is wrong."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise WeightsError(f"weights folder not found: {folder}")
+        raw = read_json(folder / CONFIG_NAME, "model config")
+        try:
+            config = UNet2DConfig.from_dict(raw)
+        except (TypeError, ValueError) as e:
+            raise WeightsError(f"model config {folder / CONFIG_NAME} is invalid: {e}") from None
+        return load_weights_into(cls(config), folder / WEIGHTS_NAME).eval()
 
-        return load_pretrained(folder)
-
-    def save_pretrained(self, folder, state=None):
-        from ..io import save_pretrained
-
-        return save_pretrained(self, folder, state)
+    def save_pretrained(self, folder: str | Path, state: dict[str, np.ndarray] | None = None) -> Path:
+        """Write config.json and the safetensors weights (float32). `state`
+        overrides the model's own parameters (e.g. the EMA weights)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {**self.config.to_dict(), "_diffusers_version": DIFFUSERS_VERSION}
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        state = state if state is not None else self.state_dict()
+        save_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, folder / WEIGHTS_NAME,
+                         metadata={"format": "pt"})
+        return folder
 
     # ------------------------------------------------------------------
     def _embed(self, timestep, class_labels, batch: int) -> np.ndarray:
@@ -185,25 +209,10 @@ class UNet2DModel(Module):
 
     def forward(self, sample: np.ndarray, timestep, class_labels=None) -> np.ndarray:
         """sample: (B, C, H, W); timestep: scalar or (B,); class_labels: (B,) ints.
-        Returns the model output, (B, out_channels, H, W).
-
-        Under no_grad, batches of functional.SHARD_MIN_BATCH or more run as
-        per-thread shards (functional.run_sharded); each row's bits are the
-        same as in any other batch."""
+        Returns the model output, (B, out_channels, H, W). For inference on
+        large batches, models.runner.InferenceRunner runs it in shards."""
         if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
             raise ValueError(f"sample must be (B, {self.config.in_channels}, H, W), got {sample.shape}")
-        B = sample.shape[0]
-        if not grad_enabled() and F.use_shards(B):
-            t = np.broadcast_to(np.asarray(timestep).reshape(-1), (B,))
-            y = None if class_labels is None else np.broadcast_to(np.asarray(class_labels).reshape(-1), (B,))
-
-            def part(s):
-                with no_grad():
-                    return self._forward(sample[s], t[s], None if y is None else y[s])
-            return np.concatenate(F.run_sharded(part, B))
-        return self._forward(sample, timestep, class_labels)
-
-    def _forward(self, sample, timestep, class_labels):
         B = sample.shape[0]
         x = np.ascontiguousarray(sample.transpose(0, 2, 3, 1), dtype=self.conv_in.weight.data.dtype)
         if self.config.center_input_sample:
@@ -225,7 +234,7 @@ class UNet2DModel(Module):
             up_slices.append(slice(len(skips) - n, len(skips)))
             h = block(h, skips[-n:], emb)
             del skips[-n:]
-        if grad_enabled():  # backward's bookkeeping; inference shards must not race on it
+        if grad_enabled():  # like every layer's cache: only for backward (inference may run on several threads)
             self._skip_slices, self._up_slices = skip_slices, up_slices
         h = self.conv_out(self.conv_norm_out(h, silu=True))
         return h.transpose(0, 3, 1, 2)

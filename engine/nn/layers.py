@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
+from . import ops as F
 from .module import Module, Parameter, grad_enabled
 
 DTYPE = np.float32
@@ -54,7 +54,7 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """2-D convolution through im2col + GEMM, tiled (engine/nn/functional.py).
+    """2-D convolution through im2col + GEMM, tiled (engine/nn/ops.py).
     Weight (out, in, k, k).
 
     Backward: dW from im2col of the cached padded input, rebuilt tile by tile;
@@ -70,10 +70,13 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform(rng, bound, (out_channels,))) if bias else None
         self.k, self.stride, self.padding = k, stride, padding
         self._cache = None
-        self._frozen_matrix = None
+        self._precomputed_matrix = None
 
-    def _derive(self, on: bool) -> None:
-        self._frozen_matrix = np.ascontiguousarray(self._live_matrix()) if on else None
+    def _build_precomputed(self) -> None:
+        self._precomputed_matrix = np.ascontiguousarray(self._live_matrix())
+
+    def _drop_precomputed(self) -> None:
+        self._precomputed_matrix = None
 
     def _live_matrix(self) -> np.ndarray:
         w = self.weight.data
@@ -81,8 +84,8 @@ class Conv2d(Module):
 
     def _weight_matrix(self) -> np.ndarray:
         """(out, in, ky, kx) -> (ky*kx*in, out), matching im2col's (ky, kx, c) order."""
-        if self._frozen_matrix is not None and not grad_enabled():
-            return self._frozen_matrix
+        if self._precomputed_matrix is not None and not grad_enabled():
+            return self._precomputed_matrix
         return self._live_matrix()
 
     def _pointwise(self) -> bool:
@@ -96,7 +99,7 @@ class Conv2d(Module):
             self._cache = x if grad_enabled() else None
             return F.pointwise_forward(x, self._weight_matrix(), bias)
         Ho, Wo = F.conv_out_size(H, k, s, p), F.conv_out_size(W, k, s, p)
-        xp = F.pad_hw(x, p, keep=True)
+        xp = F.pad_hw(x, p, fresh=True)
         self._cache = xp if grad_enabled() else None
         return F.conv_forward(xp, self._weight_matrix(), bias, k, s, Ho, Wo)
 

@@ -50,7 +50,7 @@ class Parameter:
 
 class Module:
     training = True
-    frozen = False  # see freeze()
+    precomputed = False  # see precompute_for_inference()
 
     # -- tree walking ------------------------------------------------------
     def children(self) -> Iterator[tuple[str, "Module"]]:
@@ -101,13 +101,13 @@ class Module:
         for name, p in own.items():
             if name in state:
                 p.data[...] = np.asarray(state[name], dtype=p.data.dtype)
-        self._refreeze()
+        self._refresh_precomputed()
 
     def to(self, dtype) -> "Module":
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = np.zeros_like(p.data)
-        self._refreeze()
+        self._refresh_precomputed()
         return self
 
     def zero_grad(self) -> None:
@@ -118,35 +118,38 @@ class Module:
         for m in self.modules():
             m.training = mode
         if mode:
-            self.unfreeze()
+            self.drop_precomputed()
         return self
 
     # -- inference fast path -----------------------------------------------
     # Like diffusers' fuse_qkv_projections, an opt-in for inference: layers
-    # precompute what they derive from their weights on every call (a conv's
-    # (k*k*C, O) matrix, Upsample2D's phase kernels) once. The copies are
-    # used only while gradients are off; load_state_dict() and to() refresh
-    # them, train() drops them. Weights edited in place after freeze() are
-    # not seen until freeze() is called again.
-    def freeze(self) -> "Module":
+    # compute what they derive from their weights on every call (a conv's
+    # (k*k*C, O) matrix, Upsample2D's phase kernels) once, up front. The
+    # copies are used only while gradients are off; load_state_dict() and
+    # to() refresh them, train() drops them. Weights edited in place
+    # afterwards are not seen until this is called again.
+    def precompute_for_inference(self) -> "Module":
         for m in self.modules():
-            m.frozen = True
-            m._derive(True)
+            m.precomputed = True
+            m._build_precomputed()
         return self
 
-    def unfreeze(self) -> "Module":
+    def drop_precomputed(self) -> "Module":
         for m in self.modules():
-            m.frozen = False
-            m._derive(False)
+            m.precomputed = False
+            m._drop_precomputed()
         return self
 
-    def _refreeze(self) -> None:
+    def _refresh_precomputed(self) -> None:
         for m in self.modules():
-            if m.frozen:
-                m._derive(True)
+            if m.precomputed:
+                m._build_precomputed()
 
-    def _derive(self, on: bool) -> None:
-        """Override to build (on=True) or drop (on=False) derived weights."""
+    def _build_precomputed(self) -> None:
+        """Override: compute the weight-derived arrays inference reuses."""
+
+    def _drop_precomputed(self) -> None:
+        """Override: forget them."""
 
     def eval(self) -> "Module":
         return self.train(False)

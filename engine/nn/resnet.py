@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
+from . import ops as F
 from .layers import Conv2d, Dropout, GroupNorm, Linear, SiLU
 from .module import Module, grad_enabled
 
@@ -87,10 +87,13 @@ class Upsample2D(Module):
 
     def __init__(self, channels: int, out_channels: int | None = None, rng=None):
         self.conv = Conv2d(channels, out_channels or channels, 3, padding=1, rng=rng)
-        self._frozen_phases = None
+        self._precomputed_phases = None
 
-    def _derive(self, on: bool) -> None:
-        self._frozen_phases = self._phase_matrices() if on else None
+    def _build_precomputed(self) -> None:
+        self._precomputed_phases = self._phase_matrices()
+
+    def _drop_precomputed(self) -> None:
+        self._precomputed_phases = None
 
     def _phase_matrices(self) -> dict[tuple[int, int], np.ndarray]:
         """(a, b) -> the (2*2*C, O) matrix of output phase (row parity a, column parity b)."""
@@ -110,7 +113,7 @@ class Upsample2D(Module):
 
     def _phase_forward(self, x: np.ndarray) -> np.ndarray:
         B, H, W, C = x.shape
-        phases = self._frozen_phases or self._phase_matrices()
+        phases = self._precomputed_phases or self._phase_matrices()
         bias = self.conv.bias.data if self.conv.bias is not None else None
         xp = F.pad_hw(x, 1)
         y = np.empty((B, 2 * H, 2 * W, self.conv.weight.data.shape[0]), x.dtype)

@@ -1,118 +1,19 @@
-"""Array kernels shared by the layers: im2col/col2im, fused GroupNorm+SiLU,
-scratch buffers and a two-way batch split.
+"""The operators, as plain NumPy: convolution via im2col + GEMM, GroupNorm
+(with an optional fused SiLU), SiLU, and their backward passes.
 
 Activations are channels-last, (B, H, W, C): im2col rows are then contiguous
 runs of C floats, the conv is one GEMM with a (k*k*C, C_out) weight matrix,
-and GroupNorm, attention and linear layers need no transposes.
+and GroupNorm, attention and linear layers need no transposes. Each kernel
+says what to compute on one tile or one slice of the batch; how the work is
+cut and which thread runs it is engine/nn/runtime.py's business.
 """
 from __future__ import annotations
-
-import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .blas import set_blas_threads
 from .module import grad_enabled
-
-# ---------------------------------------------------------------------------
-# Scratch buffers: grow-only, per thread and role, so hot loops do not pay for
-# fresh allocations (and their page faults) on every call. `keep=True` asks
-# for a fresh array instead when gradients are on, because backward will
-# still read it.
-# ---------------------------------------------------------------------------
-_local = threading.local()
-
-
-def scratch(role: str, shape: tuple[int, ...], dtype, keep: bool = False) -> np.ndarray:
-    if keep and grad_enabled():
-        return np.empty(shape, dtype)
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = {}
-    size = math.prod(shape)
-    key = (role, np.dtype(dtype))
-    buf = bufs.get(key)
-    if buf is None or buf.size < size:
-        buf = bufs[key] = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
-
-
-# ---------------------------------------------------------------------------
-# Parallelism. NumPy's element-wise loops and copies run on one core but
-# release the GIL, and OpenBLAS is poor at the tall, narrow GEMMs of small
-# convolutions; so the engine splits work itself: the batch into halves for
-# element-wise kernels, and convolutions into cache-sized tiles, on
-# DIGITGEN_THREADS threads (default: the CPU count, at most 8).
-# ---------------------------------------------------------------------------
-THREADS = max(1, min(8, int(os.environ.get("DIGITGEN_THREADS", 0) or os.cpu_count() or 1)))
-_pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="digitgen") if THREADS > 1 else None
-BLAS_SINGLE_THREADED = THREADS > 1 and set_blas_threads(1)
-_SPLIT_MIN_ELEMENTS = 1 << 17
-
-
-def _serial() -> bool:
-    return getattr(_local, "serial", False)
-
-
-def run_parallel(fn, parts: list) -> list:
-    """fn(part) for every part, the last one on the calling thread (all on
-    it inside a shard, see run_sharded)."""
-    if _pool is None or len(parts) < 2 or _serial():
-        return [fn(p) for p in parts]
-    futures = [_pool.submit(fn, p) for p in parts[:-1]]
-    last = fn(parts[-1])
-    return [f.result() for f in futures] + [last]
-
-
-def split_batch(fn, batch: int, elements: int) -> None:
-    """Call fn(slice) over contiguous parts of the batch, in parallel when the
-    work is large enough. fn must write only into its own slice."""
-    n = min(THREADS, batch) if elements >= _SPLIT_MIN_ELEMENTS and not _serial() else 1
-    if n <= 1:
-        fn(slice(0, batch))
-        return
-    bounds = np.linspace(0, batch, n + 1).astype(int)
-    run_parallel(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
-
-
-# Large inference batches go the other way: each thread takes a contiguous
-# shard of the batch through the whole network, in cache-sized chunks, and
-# runs every kernel inside it itself. One hand-off per forward instead of
-# several per layer, each thread's activations stay in its own cache, and
-# small samples join into larger conv tiles (see tiles). Measured here in
-# paired runs at B=32 and 64: 1.1-1.35x the layer-by-layer split's
-# throughput from the shards, another 1.1x from joined tiles. Every kernel
-# computes a sample the same way whoever runs it and whatever else is in the
-# batch, so a sample's output bits do not change.
-SHARD_MIN_BATCH = 4   # below this the per-layer split keeps both cores busier
-SHARD_CHUNK = 16      # samples a thread carries through the network at once
-
-
-def use_shards(batch: int) -> bool:
-    return batch >= SHARD_MIN_BATCH and not _serial()
-
-
-def run_sharded(fn, batch: int) -> list:
-    """fn(slice) over chunks of at most SHARD_CHUNK samples, in THREADS
-    contiguous shards run side by side; kernels inside run serially.
-    Returns the results in batch order."""
-    edges = np.linspace(0, batch, min(THREADS, batch) + 1).astype(int)
-
-    def shard(bounds):
-        lo, hi = bounds
-        cuts = np.linspace(lo, hi, -(-(hi - lo) // SHARD_CHUNK) + 1).astype(int)
-        previous, _local.serial = _serial(), True
-        try:
-            return [fn(slice(a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
-        finally:
-            _local.serial = previous
-
-    parts = run_parallel(shard, list(zip(edges[:-1], edges[1:])))
-    return [r for part in parts for r in part]
+from .runtime import for_each_tile, run_parallel, scratch, split_batch, sum_over_tiles, threads
 
 
 # ---------------------------------------------------------------------------
@@ -128,14 +29,13 @@ def pointwise_forward(x: np.ndarray, w_mat: np.ndarray, bias) -> np.ndarray:
     O = w_mat.shape[1]
     y = np.empty((B, H, W, O), np.result_type(x, w_mat))
 
-    def work(my_tiles):
-        for b0, b1, h0, h1 in my_tiles:
-            out = y[b0:b1, h0:h1].reshape(b1 - b0, -1, O)
-            np.matmul(x[b0:b1, h0:h1].reshape(b1 - b0, -1, C), w_mat, out=out)
-            if bias is not None:
-                out += bias
+    def tile(b0, b1, h0, h1):
+        out = y[b0:b1, h0:h1].reshape(b1 - b0, -1, O)
+        np.matmul(x[b0:b1, h0:h1].reshape(b1 - b0, -1, C), w_mat, out=out)
+        if bias is not None:
+            out += bias
 
-    run_parallel(work, _round_robin(tiles(B, H, W, C * x.itemsize, join=_serial()), B * H * W * C))
+    for_each_tile(tile, B, H, W, C, x.itemsize)
     return y
 
 
@@ -143,18 +43,18 @@ def matmul_tn_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a.T @ b for tall a (M, K) and b (M, N): partial products over row
     blocks on the engine's threads, summed."""
     M = a.shape[0]
-    n = min(THREADS, max(1, M * a.shape[1] * b.shape[1] // (1 << 20)))
+    n = min(threads(), max(1, M * a.shape[1] * b.shape[1] // (1 << 20)))
     edges = np.linspace(0, M, n + 1).astype(int)
     parts = run_parallel(lambda r: a[r[0]:r[1]].T @ b[r[0]:r[1]], list(zip(edges[:-1], edges[1:])))
     return sum(parts[1:], parts[0])
 
 
-def pad_hw(x: np.ndarray, pad: int, keep: bool = False) -> np.ndarray:
-    """Zero-pad H and W of (B, H, W, C); `keep`: the caller caches it for backward."""
+def pad_hw(x: np.ndarray, pad: int, fresh: bool = False) -> np.ndarray:
+    """Zero-pad H and W of (B, H, W, C); `fresh`: the caller caches it for backward."""
     if pad == 0:
         return x
     B, H, W, C = x.shape
-    xp = scratch("pad", (B, H + 2 * pad, W + 2 * pad, C), x.dtype, keep=keep)
+    xp = scratch("pad", (B, H + 2 * pad, W + 2 * pad, C), x.dtype, fresh=fresh)
 
     def fill(s):
         xp[s, :pad] = 0
@@ -179,39 +79,6 @@ def windows(xp: np.ndarray, k: int, stride: int, Ho: int, Wo: int) -> np.ndarray
     return as_strided(xp, shape, strides, writeable=False)
 
 
-_TILE_BYTES = 1 << 20  # an im2col block this size stays in a core's L2
-
-
-def tiles(B: int, Ho: int, Wo: int, row_bytes: int, join: bool = False) -> list[tuple[int, int, int, int]]:
-    """Split a (B, Ho, Wo) output into (b0, b1, h0, h1) tiles of about
-    _TILE_BYTES of im2col (Ho*Wo rows of `row_bytes` per sample): a sample
-    too big for one is cut into bands of rows; with `join` (one thread runs
-    every tile, as inside a shard) samples small enough are joined, so that a
-    tile is one copy and one stacked matmul for several samples instead of a
-    Python iteration each.
-
-    A tile runs one GEMM per sample (np.matmul over the stack calls BLAS per
-    matrix), and the bands depend on the layer's shape only: OpenBLAS rounds
-    a GEMM row differently depending on the matrix's height, so a GEMM over
-    several samples, or a batch-dependent band, would make a seeded image
-    differ by a few ulps between running alone and running in a crowd."""
-    sample_bytes = Ho * Wo * row_bytes
-    bands = min(Ho, max(1, -(-sample_bytes // _TILE_BYTES)))
-    edges = [round(i * Ho / bands) for i in range(bands + 1)]
-    per = max(1, _TILE_BYTES // max(1, sample_bytes)) if join else 1  # samples a tile
-    return [(b, min(b + per, B), h0, h1) for b in range(0, B, per) for h0, h1 in zip(edges[:-1], edges[1:])]
-
-
-_PARALLEL_MIN_WORK = 1 << 20  # im2col elements; below this a thread hand-off costs more than it saves
-
-
-def _round_robin(items: list, work: int) -> list[list]:
-    """Deal tiles out to the threads (all to the caller for small work). Only
-    who computes a tile changes, never the tiles, so results do not."""
-    n = min(THREADS, len(items)) if work >= _PARALLEL_MIN_WORK else 1
-    return [items[i::n] for i in range(n)]
-
-
 def conv_forward(xp: np.ndarray, w_mat: np.ndarray, bias, k: int, stride: int, Ho: int, Wo: int) -> np.ndarray:
     """im2col + GEMM, tile by tile: each tile's im2col block is copied into a
     per-thread buffer and multiplied while it is still in cache.
@@ -221,17 +88,16 @@ def conv_forward(xp: np.ndarray, w_mat: np.ndarray, bias, k: int, stride: int, H
     win = windows(xp, k, stride, Ho, Wo)
     y = np.empty((B, Ho, Wo, O), xp.dtype)
 
-    def work(my_tiles):
-        for b0, b1, h0, h1 in my_tiles:
-            src = win[b0:b1, h0:h1]
-            cols = scratch("cols", src.shape, xp.dtype)
-            np.copyto(cols, src)
-            out = y[b0:b1, h0:h1].reshape(b1 - b0, -1, O)
-            np.matmul(cols.reshape(b1 - b0, -1, K), w_mat, out=out)
-            if bias is not None:
-                out += bias
+    def tile(b0, b1, h0, h1):
+        src = win[b0:b1, h0:h1]                        # (b, h, Wo, k, k, C) view
+        cols = scratch("cols", src.shape, xp.dtype)    # im2col block, in cache
+        np.copyto(cols, src)
+        out = y[b0:b1, h0:h1].reshape(b1 - b0, -1, O)
+        np.matmul(cols.reshape(b1 - b0, -1, K), w_mat, out=out)  # one GEMM per sample
+        if bias is not None:
+            out += bias
 
-    run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize, join=_serial()), B * Ho * Wo * K))
+    for_each_tile(tile, B, Ho, Wo, K, xp.itemsize)
     return y
 
 
@@ -243,18 +109,15 @@ def conv_weight_grad(xp: np.ndarray, grad: np.ndarray, k: int, stride: int) -> n
     win = windows(xp, k, stride, Ho, Wo)
     K = k * k * xp.shape[-1]
 
-    def work(my_tiles):
-        acc = np.zeros((K, O), xp.dtype)
+    def tile(acc, b0, b1, h0, h1):
+        src = win[b0:b1, h0:h1]
+        cols = scratch("cols", src.shape, xp.dtype)
+        np.copyto(cols, src)
         part = scratch("dw", (K, O), xp.dtype)
-        for b0, b1, h0, h1 in my_tiles:
-            src = win[b0:b1, h0:h1]
-            cols = scratch("cols", src.shape, xp.dtype)
-            np.copyto(cols, src)
-            np.matmul(cols.reshape(-1, K).T, grad[b0:b1, h0:h1].reshape(-1, O), out=part)
-            acc += part
-        return acc
+        np.matmul(cols.reshape(-1, K).T, grad[b0:b1, h0:h1].reshape(-1, O), out=part)
+        acc += part
 
-    return sum(run_parallel(work, _round_robin(tiles(B, Ho, Wo, K * xp.itemsize), B * Ho * Wo * K)))
+    return sum_over_tiles(tile, lambda: np.zeros((K, O), xp.dtype), B, Ho, Wo, K, xp.itemsize)
 
 
 def col2im(cols: np.ndarray, H: int, W: int, stride: int, pad: int) -> np.ndarray:

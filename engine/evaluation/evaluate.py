@@ -1,4 +1,4 @@
-"""In-product evaluation: `python -m engine.evaluate` (also `digitgen eval`).
+"""In-product evaluation: `python -m engine.evaluation.evaluate` (also `digitgen eval`).
 
 Generates `--per-class` digits of every class with the service's sampler
 (the pipeline's default scheduler, steps and guidance unless overridden) and
@@ -29,25 +29,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .. import paths
+from ..io import WeightsError
+from ..io.data import NUM_CLASSES, DataError, from_model_range, load_mnist
+from ..nn import runtime
+from ..pipeline import SCHEDULERS, DigitPipeline
 from .classifier import DEFAULT_FOLDER as DEFAULT_CLASSIFIER
 from .classifier import DigitClassifier, load_classifier, predict
-from .data import NUM_CLASSES, DataError, from_model_range, load_mnist
-from .io import WeightsError
-from .pipeline import SCHEDULERS, DigitPipeline
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist.npz"
-
-
-def default_weights() -> Path:
-    return Path(os.environ.get("DIGITGEN_WEIGHTS", REPO / "weights"))
 
 
 # -- Fréchet distance ---------------------------------------------------------------
@@ -302,11 +297,11 @@ def format_report(r: dict) -> str:
 # -- command line ------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="digitgen eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", type=Path, default=default_weights(),
+    p.add_argument("--weights", type=Path, default=paths.default_weights(),
                    help="diffusion pipeline folder (default: $DIGITGEN_WEIGHTS or the repository's weights/)")
     p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="default: weights/classifier")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="MNIST .npz or IDX folder with train and test splits (default: ../shared/data/mnist.npz)")
+    p.add_argument("--data", type=Path, default=paths.DATA,
+                   help="MNIST .npz or IDX folder with train and test splits (default: data/mnist.npz in the repository)")
     p.add_argument("--per-class", type=int, default=100, help="generated digits per class (default 100)")
     p.add_argument("--steps", type=int, help="default: the pipeline's")
     p.add_argument("--scheduler", choices=SCHEDULERS, help="default: the pipeline's")
@@ -323,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.configure()  # the engine's threads; nothing starts at import
     say = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.per_class < 2:
         print("error: --per-class must be at least 2 (a covariance needs two samples)", file=sys.stderr)

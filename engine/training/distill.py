@@ -1,5 +1,5 @@
 """Consistency distillation of the shipped model into a few-step student:
-`python -m engine.distill --data mnist.npz --out runs/fast` (also
+`python -m engine.training.distill --data mnist.npz --out runs/fast` (also
 `digitgen distill`).
 
 Method: latent-consistency distillation (Luo et al. 2023, LCM), done in pixel
@@ -28,7 +28,7 @@ row for the target), and guidance distillation comes for free, since the
 teacher's guided ODE is what the student learns. The student is a plain
 epsilon-prediction UNet2DModel and samples with diffusers' LCMScheduler.
 
-Like `engine.train`: seeded per step, resumable exactly from safetensors
+Like `engine.training.train`: seeded per step, resumable exactly from safetensors
 checkpoints (weights, EMA, target, Adam moments, step), tqdm bar, JSONL log,
 sample grids, SIGINT/SIGTERM checkpoint.
 """
@@ -43,23 +43,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, load_mnist, to_model_range
-from .io import WeightsError
-from .models.unet_2d import UNet2DModel
-from .nn.module import no_grad
+from .. import paths
+from ..io import WeightsError
+from ..io.data import DataError, load_mnist, to_model_range
+from ..models.runner import InferenceRunner
+from ..models.unet_2d import UNet2DModel
+from ..nn import runtime
+from ..pipeline import DigitPipeline, SamplingDefaults
+from ..schedulers import DDPMScheduler
+from ..schedulers.lcm import boundary_scalings, lcm_origin_timesteps
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
-from .pipeline import DigitPipeline, SamplingDefaults
-from .schedulers import DDPMScheduler
-from .schedulers.lcm import boundary_scalings, lcm_origin_timesteps
 from .train import CHECKPOINT, Trainer
 
-DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass
 class DistillConfig:
     data: str
-    teacher: str = str(DEFAULT_TEACHER)
+    teacher: str = str(paths.WEIGHTS)
     out: str = "runs/fast"
     batch_size: int = 64
     steps: int = 6000
@@ -100,7 +101,7 @@ class Distiller(Trainer):
         teacher = DigitPipeline.from_pretrained(cfg.teacher)
         if teacher.scheduler_class == "LCMScheduler":
             raise WeightsError(f"{cfg.teacher} holds a consistency model; the teacher must be a diffusion model")
-        self.teacher = teacher.unet                       # frozen, eval
+        self.teacher = teacher.run_unet                   # eval, weights precomputed, sharded
         self.null_label = teacher.defaults.null_class_label
         self.guidance = teacher.defaults.guidance_scale if cfg.guidance_scale < 0 else cfg.guidance_scale
         self.scheduler = DDPMScheduler.from_config({k: v for k, v in teacher.scheduler_config.items()
@@ -116,7 +117,7 @@ class Distiller(Trainer):
         self.model.train()
         self.target = UNet2DModel(teacher.unet.config)
         self.target.load_state_dict(state)
-        self.target.eval()
+        self.run_target = InferenceRunner(self.target.eval())
         self.params = self.model.parameters()
         self.opt = AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay)
@@ -143,9 +144,8 @@ class Distiller(Trainer):
         a_t, sig_t, _, _ = self._coefficients(t)
         a_s, sig_s, _, _ = self._coefficients(s)
         B = len(y)
-        with no_grad():
-            eps = self.teacher(np.concatenate([x_t, x_t]), np.concatenate([t, t]),
-                               np.concatenate([y, np.full(B, self.null_label)]))
+        eps = self.teacher(np.concatenate([x_t, x_t]), np.concatenate([t, t]),
+                           np.concatenate([y, np.full(B, self.null_label)]))
         cond, uncond = eps[:B], eps[B:]
         eps_w = uncond + np.float32(self.guidance) * (cond - uncond)
         x0_w = (x_t - sig_t * eps_w) / a_t
@@ -155,8 +155,7 @@ class Distiller(Trainer):
         """f_target(x_s, s) for x_s = teacher_step(x_t, t -> s); no gradient."""
         x_s = self.teacher_step(x_t, t, s, y)
         a_s, sig_s, skip_s, out_s = self._coefficients(s)
-        with no_grad():
-            eps_s = self.target(x_s, s, y)
+        eps_s = self.run_target(x_s, s, y)
         return skip_s * x_s + out_s * (x_s - sig_s * eps_s) / a_s
 
     def consistency_loss(self, eps: np.ndarray, x_t: np.ndarray, t: np.ndarray, target: np.ndarray):
@@ -244,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.configure()  # the engine's threads; nothing starts at import
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("resume", "stop_after", "no_progress")}
     out = Path(given.get("out", DistillConfig.out))

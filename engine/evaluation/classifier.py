@@ -3,8 +3,8 @@ evaluation's judge (engine/evaluate.py): does a generated "7" read as a 7,
 and do generated digits' penultimate features sit where real digits' do
 (Fréchet distance)?
 
-    python -m engine.classifier train --data ../shared/data/mnist.npz --out weights/classifier
-    python -m engine.classifier test  --data ../shared/data/mnist.npz --weights weights/classifier
+    python -m engine.evaluation.classifier train --data ../shared/data/mnist.npz --out weights/classifier
+    python -m engine.evaluation.classifier test  --data ../shared/data/mnist.npz --weights weights/classifier
 
 Architecture (channels-last activations, as everywhere in the engine; every
 conv is 3x3 with padding 1):
@@ -35,15 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import NUM_CLASSES, DataError, load_mnist
-from .io import WeightsError, load_weights_into, read_json, save_safetensors
-from .nn.layers import Conv2d, GroupNorm, Linear, SiLU
-from .nn.module import Module, ModuleList, no_grad
-from .optim import AdamW, lr_at
+from .. import paths
+from ..io import WeightsError, load_weights_into, read_json, save_safetensors
+from ..io.data import NUM_CLASSES, DataError, load_mnist
+from ..nn import runtime
+from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
+from ..nn.module import Module, ModuleList, no_grad
+from ..training.optim import AdamW, lr_at
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "weights" / "classifier"
+DEFAULT_FOLDER = paths.CLASSIFIER
 
 
 @dataclass
@@ -180,7 +182,7 @@ def load_classifier(folder: str | Path = DEFAULT_FOLDER) -> tuple[DigitClassifie
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError(f"classifier folder not found: {folder} "
-                           f"(train one: python -m engine.classifier train --data mnist.npz --out {folder})")
+                           f"(train one: python -m engine.evaluation.classifier train --data mnist.npz --out {folder})")
     raw = read_json(folder / CONFIG_NAME, "classifier config")
     if raw.get("_class_name") != "DigitClassifier":
         raise WeightsError(f"{folder / CONFIG_NAME} is not a DigitClassifier config")
@@ -259,7 +261,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: ClassifierTrainConfig,
 
 # -- command line ------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.classifier", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m engine.evaluation.classifier", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train on MNIST, measure test accuracy, save weights + config.json")
     t.add_argument("--data", required=True, help="MNIST .npz (x_train/y_train/x_test/y_test) or IDX folder")
@@ -275,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.configure()  # the engine's threads; nothing starts at import
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     try:
         if args.command == "test":
@@ -300,7 +303,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     test = accuracy(model, x_test, y_test)
     holdout = accuracy(model, x_train[-cfg.holdout:], y_train[-cfg.holdout:]) if cfg.holdout else None
-    record["command"] = "python -m engine.classifier " + " ".join(argv if argv is not None else sys.argv[1:])
+    record["command"] = "python -m engine.evaluation.classifier " + " ".join(argv if argv is not None else sys.argv[1:])
     record["parameters"] = model.num_parameters()
     record["eval_time_s"] = round(time.perf_counter() - t0, 1)
     extra = {"training": record, "metrics": {"test": test, **({"holdout": holdout} if holdout else {})}}

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .nn.module import Module, Parameter
+from ..nn.module import Module, Parameter
 
 
 class AdamW:

@@ -1,4 +1,4 @@
-"""`digitgen` command line: serve, generate, train, eval, bench.
+"""`digitgen` command line: serve, generate, train, distill, eval, bench.
 
 Each subcommand imports only what it needs, so `digitgen generate` does not
 load the web stack and `digitgen serve` does not load the trainer."""
@@ -9,11 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_weights() -> Path:
-    return Path(os.environ.get("DIGITGEN_WEIGHTS", REPO / "weights"))
+from engine.paths import default_weights
 
 
 def cmd_serve(args) -> int:
@@ -23,10 +19,12 @@ def cmd_serve(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from engine.images import grid, png_bytes, to_image
     from engine.io import WeightsError
+    from engine.io.images import grid, png_bytes, to_image
+    from engine.nn import runtime
     from engine.pipeline import DigitPipeline
 
+    runtime.configure()
     try:
         pipe = DigitPipeline.from_pretrained(args.weights)
     except WeightsError as e:
@@ -61,13 +59,19 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(argv) -> int:
-    from engine.train import main
+    from engine.training.train import main
+
+    return main(argv)
+
+
+def cmd_distill(argv) -> int:
+    from engine.training.distill import main
 
     return main(argv)
 
 
 def cmd_eval(argv) -> int:
-    from engine.evaluate import main
+    from engine.evaluation.evaluate import main
 
     return main(argv)
 
@@ -108,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", type=Path, default=default_weights())
     g.set_defaults(func=cmd_generate)
 
-    for name, helptext in (("train", "train the diffusion model (python -m engine.train)"),
+    for name, helptext in (("train", "train the diffusion model (python -m engine.training.train)"),
+                           ("distill", "distill it into a few-step model (python -m engine.training.distill)"),
                            ("eval", "score generated digits with the in-project classifier"),
                            ("bench", "benchmarks: digitgen bench engine|service [options]")):
         sub.add_parser(name, help=helptext, add_help=False)
@@ -117,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+    passthrough = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "bench": cmd_bench}
     if argv and argv[0] in passthrough:  # these parse their own options
         return passthrough[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)

@@ -1,10 +1,5 @@
-"""Weights in diffusers' folder layout: `config.json` +
-`diffusion_pytorch_model.safetensors`. No pickle anywhere: safetensors holds
-plain tensors and JSON holds the config.
-
-A folder written by diffusers' `UNet2DModel.save_pretrained` loads here, and
-diffusers' `from_pretrained` loads a folder written here.
-"""
+"""Weights and checkpoints as files: JSON configs and safetensors tensors
+(plain arrays and string metadata; no pickle anywhere)."""
 from __future__ import annotations
 
 import json
@@ -12,12 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from .models.unet_2d import UNet2DConfig, UNet2DModel
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-DIFFUSERS_VERSION = "0.42.1"  # the diffusers release our parity fixtures were made with
 
 
 class WeightsError(RuntimeError):
@@ -78,31 +67,3 @@ def save_safetensors(arrays: dict[str, np.ndarray], path: Path, metadata: dict[s
     os.umask(umask)
     tmp.chmod(0o666 & ~umask)  # safetensors creates 0600 files; weights are meant to be shared
     tmp.replace(path)
-
-
-def save_pretrained(model: UNet2DModel, folder: str | Path, state: dict[str, np.ndarray] | None = None) -> Path:
-    """Write config.json and the safetensors weights (float32). `state`
-    overrides the model's own parameters (e.g. the EMA weights)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    config["_diffusers_version"] = DIFFUSERS_VERSION
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    state = state if state is not None else model.state_dict()
-    save_safetensors({k: np.asarray(v, np.float32) for k, v in state.items()}, folder / WEIGHTS_NAME,
-                     metadata={"format": "pt"})
-    return folder
-
-
-def load_pretrained(folder: str | Path) -> UNet2DModel:
-    """Build a UNet2DModel from a diffusers-layout folder. Raises WeightsError
-    with a message that says what is wrong."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WeightsError(f"weights folder not found: {folder}")
-    raw = read_json(folder / CONFIG_NAME, "model config")
-    try:
-        config = UNet2DConfig.from_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise WeightsError(f"model config {folder / CONFIG_NAME} is invalid: {e}") from None
-    return load_weights_into(UNet2DModel(config), folder / WEIGHTS_NAME).eval()

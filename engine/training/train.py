@@ -1,4 +1,4 @@
-"""Offline trainer: `python -m engine.train --data mnist.npz --out runs/mnist`
+"""Offline trainer: `python -m engine.training.train --data mnist.npz --out runs/mnist`
 (also `digitgen train`).
 
 Epsilon- (or v-) prediction DDPM training of the class-conditional UNet with
@@ -26,16 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, load_mnist, to_model_range
-from .images import grid
-from .io import WeightsError, load_safetensors, read_json, save_safetensors
-from .models.unet_2d import UNet2DConfig, UNet2DModel
-from .nn.layers import Dropout
+from .. import paths
+from ..io import WeightsError, load_safetensors, read_json, save_safetensors
+from ..io.data import DataError, load_mnist, to_model_range
+from ..io.images import grid
+from ..models.unet_2d import UNet2DConfig, UNet2DModel
+from ..nn import runtime
+from ..nn.layers import Dropout
+from ..pipeline import DigitPipeline, SamplingDefaults
+from ..schedulers import DDPMScheduler
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
-from .pipeline import DigitPipeline, SamplingDefaults
-from .schedulers import DDPMScheduler
 
-DEFAULT_MODEL_CONFIG = Path(__file__).parent / "configs" / "unet_mnist.json"
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -43,7 +44,7 @@ CHECKPOINT = "checkpoint.safetensors"
 class TrainConfig:
     data: str
     out: str = "runs/mnist"
-    model_config: str = str(DEFAULT_MODEL_CONFIG)
+    model_config: str = str(paths.MODEL_CONFIG)
     batch_size: int = 64
     steps: int = 20000
     lr: float = 5e-4
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    runtime.configure()  # the engine's threads; nothing starts at import
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("resume", "stop_after", "no_progress")}
     out = Path(given.get("out", TrainConfig.out))

@@ -3,13 +3,14 @@ query parameters (app/routes.py), the JSON body and the 422 messages all use
 these definitions."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.schedulers import SCHEDULERS
+
 SEED_MAX = 2**32 - 1
-Scheduler = Literal["ddpm", "ddim", "dpm"]
+Scheduler = Literal[tuple(SCHEDULERS)]  # the registry's names; which ones a model takes, it says
 Format = Literal["png", "json"]
 Frames = Literal["xt", "x0"]
 
@@ -24,7 +25,7 @@ BOUNDS: dict[str, tuple[dict, str]] = {
     "every": (dict(ge=1, le=1000), "an integer 1-1000"),
 }
 ALLOWED = {k: words for k, (_, words) in BOUNDS.items()} | {
-    "scheduler": "one of ddpm, ddim, dpm",
+    "scheduler": "one of " + ", ".join(SCHEDULERS) + " (/info lists the ones the model takes)",
     "format": "one of png, json",
     "frames": "one of xt, x0",
 }
@@ -33,7 +34,8 @@ DOCS = {
     "label": "The digit to draw.",
     "steps": "Denoising steps. Default: the weights' sampling default (20 for the shipped weights). "
              "dpm accepts at most 999.",
-    "scheduler": "Sampler: ddpm (stochastic), ddim (deterministic), dpm (DPM-Solver++, the usual default).",
+    "scheduler": "Sampler: ddpm (stochastic), ddim (deterministic), dpm (DPM-Solver++, the usual default); "
+                 "lcm for a consistency-distilled model.",
     "guidance_scale": "Classifier-free guidance: 0 = unconditional, 1 = conditional only, higher = more "
                       "digit-like. Default: the weights' default.",
     "seed": "Random seed. The same seed and parameters give byte-identical images, alone or under load. "
@@ -51,32 +53,41 @@ EXAMPLES = {"label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, 
             "format": "png", "every": 1, "frames": "xt"}
 
 
-def query(name: str, required: bool = False, doc: str | None = None):
-    """Annotated query-parameter type with the shared bound, docs and example."""
-    kind = {"scheduler": Scheduler, "format": Format, "frames": Frames}.get(
-        name, float if name == "guidance_scale" else int)
-    q = Query(description=doc or DOCS[name], **BOUNDS.get(name, ({}, ""))[0],
-              openapi_examples={"example": {"value": EXAMPLES[name]}})
-    return Annotated[kind if required else kind | None, q]
+def _field(name: str, doc: str | None = None):
+    return Field(None, description=doc or DOCS.get(name), examples=[EXAMPLES[name]], **BOUNDS.get(name, ({}, ""))[0])
 
 
-def _field(name: str):
-    return Field(None, description=DOCS.get(name), examples=[EXAMPLES[name]], **BOUNDS.get(name, ({}, ""))[0])
-
-
-class GenerateBody(BaseModel):
-    """The same parameters as the query string, as a JSON object. A field may
-    come from either place; given in both with different values, it is a 422."""
-    model_config = ConfigDict(extra="forbid", strict=True)  # JSON: no true-as-1, no "5"-as-5
-
+class SampleParams(BaseModel):
+    """The parameters every generation endpoint shares, declared once. The
+    query string (all endpoints) and the JSON body (POST /generate) are both
+    this model; `label` is required, in one place or the other. Defaults are
+    not filled in here: they come from the loaded model (app/request.py)."""
     label: int | None = _field("label")
     steps: int | None = _field("steps")
     scheduler: Scheduler | None = _field("scheduler")
     guidance_scale: float | None = _field("guidance_scale")
     seed: int | None = _field("seed")
-    n: int | None = _field("n")
     size: int | None = _field("size")
+
+
+class GenerateParams(SampleParams):
+    n: int | None = _field("n")
     format: Format | None = _field("format")
+
+
+class GenerateBody(GenerateParams):
+    """The same parameters as a JSON object. A field may come from either
+    place; given in both with different values, it is a 422."""
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON: no true-as-1, no "5"-as-5
+
+
+class StreamParams(SampleParams):
+    every: int | None = _field("every")
+
+
+class GifParams(SampleParams):
+    frames: Frames | None = _field("frames")
+    every: int | None = _field("every", DOCS["gif_every"])
 
 
 BODY_EXAMPLES = {

@@ -4,38 +4,19 @@ client going away, and turn worker failures into HTTP errors."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engine.pipeline import DigitPipeline, Trajectory
 
 from .config import Settings
 from .metrics import ServiceMetrics
-from .schemas import SEED_MAX
-from .worker import BatchWorker, DeadlineExceeded, EngineFailure, FinalEvent, Job, Overloaded, ShuttingDown
-
-
-@dataclass(frozen=True)
-class Spec:
-    """Resolved generation parameters (defaults from the weights filled in)."""
-    label: int
-    seed: int
-    n: int
-    steps: int
-    scheduler: str
-    guidance_scale: float
-
-    @property
-    def seeds(self) -> list[int]:
-        # image i of a request uses seed + i, wrapped so every image's seed is
-        # itself a valid seed that reproduces that image with n=1
-        return [(self.seed + i) % (SEED_MAX + 1) for i in range(self.n)]
+from .request import Generation
+from .worker import (BatchWorker, DeadlineExceeded, EngineFailure, FailedEvent, ImageStep, Job, Overloaded,
+                     ShuttingDown)
 
 
 class Service:
@@ -54,28 +35,10 @@ class Service:
     def ready(self) -> bool:
         return self.worker.alive
 
-    async def trajectories(self, label: int, seed: int | None, n: int = 1, steps: int | None = None,
-                           scheduler: str | None = None, guidance_scale: float | None = None,
-                           where: dict | None = None) -> tuple[Spec, list[Trajectory]]:
-        """Seeded trajectories (off the event loop: scheduler tables and the
-        initial noise). The engine's own checks (e.g. dpm with 1000 steps)
-        become a 422 on the field they concern."""
-        seed = secrets.randbelow(SEED_MAX + 1) if seed is None else seed
-        d = self.pipe.defaults
-        spec = Spec(label, seed, n, d.num_inference_steps if steps is None else steps,
-                    scheduler or d.scheduler, d.guidance_scale if guidance_scale is None else guidance_scale)
-
-        def build():
-            return [self.pipe.trajectory(label, s, spec.steps, spec.scheduler, spec.guidance_scale)
-                    for s in spec.seeds]
-        try:
-            return spec, await run_in_threadpool(build)
-        except ValueError as e:
-            field = next((f for key, f in (("num_inference_steps", "steps"), ("scheduler", "scheduler"),
-                                           ("label", "label")) if key in str(e)), "steps")
-            source = (where or {}).get(field, "query")
-            raise RequestValidationError([{"type": "value_error", "loc": (source, field), "msg": str(e),
-                                           "input": getattr(spec, field)}]) from None
+    async def trajectories(self, gen: Generation) -> list[Trajectory]:
+        """Seeded trajectories, built off the event loop (scheduler tables and
+        the initial noise)."""
+        return await run_in_threadpool(lambda: [self.pipe.start(gen.sampling, s) for s in gen.seeds])
 
     def submit(self, trajectories: list[Trajectory], every: int = 0) -> Job:
         job = Job(trajectories, self.settings.deadline_s, every, self.clock)
@@ -85,17 +48,17 @@ class Service:
             raise http_error(e) from None
         return job
 
-    async def collect(self, request: Request, job: Job) -> list | None:
-        """Every event of the job up to its last FinalEvent, or None when the
-        client disconnected first (the job is then cancelled: its
+    async def collect(self, request: Request, job: Job) -> list[ImageStep] | None:
+        """Every event of the job up to its images' last steps, or None when
+        the client disconnected first (the job is then cancelled: its
         trajectories leave the batch before the next step)."""
         async def events():
             out, finals = [], 0
             while finals < len(job.trajectories):
                 ev = await job.next_event()
-                if hasattr(ev, "error"):
+                if isinstance(ev, FailedEvent):
                     raise ev.error
-                finals += isinstance(ev, FinalEvent)
+                finals += ev.result.done
                 out.append(ev)
             return out
 

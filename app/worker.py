@@ -11,6 +11,7 @@ the worker fills with `loop.call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -19,9 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 
-from engine.pipeline import DigitPipeline, Trajectory
+from engine.pipeline import DigitPipeline, StepResult, Trajectory
 
 from .metrics import ServiceMetrics
 
@@ -50,19 +50,11 @@ class EngineFailure(Exception):
 
 
 @dataclass(frozen=True)
-class StepEvent:
-    index: int          # which image of the job
-    step: int
-    total: int
-    timestep: int
-    sample: np.ndarray          # x_{t-1}, (C, H, W)
-    pred_original: np.ndarray   # x̂0, (C, H, W)
-
-
-@dataclass(frozen=True)
-class FinalEvent:
+class ImageStep:
+    """Image `index` of a job took a step; `result.done` on its last one
+    (then `result.sample` is the final image)."""
     index: int
-    sample: np.ndarray
+    result: StepResult
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,7 @@ class Job:
     def __init__(self, trajectories: list[Trajectory], deadline_s: float, every: int = 0,
                  clock: Callable[[], float] = time.monotonic):
         self.trajectories = trajectories
-        self.every = every                  # 0: finals only; k: a StepEvent every k-th step and the last
+        self.every = every                  # 0: last steps only; k: every k-th step and the last
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
         self.clock = clock                  # the service's clock: deadlines and timing headers
@@ -108,18 +100,6 @@ class Job:
             return await asyncio.wait_for(self.events.get(), timeout)
         except TimeoutError:
             raise EngineFailure("the engine worker stopped responding") from None
-
-    async def results(self) -> list[np.ndarray]:
-        out: list[np.ndarray | None] = [None] * len(self.trajectories)
-        pending = len(out)
-        while pending:
-            ev = await self.next_event()
-            if isinstance(ev, FailedEvent):
-                raise ev.error
-            if isinstance(ev, FinalEvent):
-                out[ev.index] = ev.sample
-                pending -= 1
-        return out  # type: ignore[return-value]
 
     def _post(self, event) -> None:
         try:
@@ -262,12 +242,11 @@ class BatchWorker:
     def _deliver(self, active):
         still = []
         for job, i, tr in active:
-            res = tr.last
-            if job.every and (res.step % job.every == 0 or res.done):
-                job._post(StepEvent(i, res.step, res.total, res.timestep, res.sample.copy(),
-                                    res.pred_original.copy()))
+            res = tr.latest
+            if res.done or (job.every and res.step % job.every == 0):
+                job._post(ImageStep(i, dataclasses.replace(res, sample=res.sample.copy(),
+                                                            pred_original=res.pred_original.copy())))
             if tr.done:
-                job._post(FinalEvent(i, tr.sample[0].copy()))
                 self.metrics.images.inc()
                 job.remaining -= 1
                 if job.finished:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.paths import default_weights
+from engine.schedulers import SCHEDULERS
 
 
 def cmd_serve(args) -> int:
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-n", type=int, default=1, help="images per digit")
     g.add_argument("--seed", type=int)
     g.add_argument("--steps", type=int)
-    g.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"])
+    g.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the model's")
     g.add_argument("--guidance-scale", type=float)
     g.add_argument("--size", type=int, default=112, help="output pixels per digit (nearest upscale)")
     g.add_argument("--out", "-o", help="output PNG path")

@@ -23,7 +23,7 @@ from .models.unet_2d import UNet2DModel
 from .schedulers import SAMPLERS_FOR, make_scheduler
 from .schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
-SCHEDULERS = ("ddpm", "ddim", "dpm")  # the samplers of a diffusion model
+SCHEDULERS = SAMPLERS_FOR["DDPMScheduler"]  # the samplers of a diffusion model
 # Keys every scheduler shares with the training DDPM config: the noise
 # schedule the model was trained on.
 _SHARED_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
@@ -35,15 +35,40 @@ _SHARED_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta
 # deterministic trajectory (measured on the shipped weights at 20 steps: 72%
 # of digits classified as asked, 100% with this option). Use the noise
 # implied by the clipped x̂0, as diffusers' use_clipped_model_output does.
-_STEP_OPTIONS = {"ddim": {"use_clipped_model_output": True}}
+STEP_OPTIONS = {"ddim": {"use_clipped_model_output": True}}
+
+
+class InvalidParameter(ValueError):
+    """A sampling parameter the loaded model cannot take; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
 class SamplingDefaults:
+    """The model's sampling defaults, from model_index.json's "digitgen" section."""
     scheduler: str = "dpm"
     num_inference_steps: int = 20
     guidance_scale: float = 2.0
     null_class_label: int = 10
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one image is sampled, resolved against a model: defaults filled
+    in and every limit checked (DigitPipeline.resolve)."""
+    label: int
+    steps: int
+    scheduler: str
+    guidance_scale: float
+
+    @property
+    def unet_rows(self) -> int:
+        """UNet rows per step: 2 with classifier-free guidance (conditional and
+        unconditional), 1 for the conditional model alone (guidance 1)."""
+        return 1 if self.guidance_scale == 1.0 else 2
 
 
 @dataclass
@@ -61,29 +86,26 @@ class StepResult:
 
 @dataclass
 class Trajectory:
-    label: int
+    """One image's denoising run: what was asked, and where it has got to."""
+    sampling: Sampling
     seed: int
-    steps: int
-    scheduler_name: str
-    guidance_scale: float
-    scheduler: object
-    generator: np.random.Generator
+    scheduler: object                        # its own scheduler instance (state, timesteps)
+    generator: np.random.Generator           # its own noise
     sample: np.ndarray                       # current x_t, (1, C, H, W)
     index: int = 0                           # steps taken so far
-    last: StepResult | None = field(default=None, repr=False)
+    latest: StepResult | None = field(default=None, repr=False)  # the last step's result
+
+    @property
+    def steps(self) -> int:
+        return self.sampling.steps
 
     @property
     def done(self) -> bool:
-        return self.index >= self.steps
+        return self.index >= self.sampling.steps
 
     @property
     def timestep(self) -> int:
         return int(self.scheduler.timesteps[self.index])
-
-    @property
-    def rows(self) -> int:
-        """UNet rows this trajectory needs per step (2 with guidance)."""
-        return 1 if self.guidance_scale == 1.0 else 2
 
 
 class DigitPipeline:
@@ -105,6 +127,11 @@ class DigitPipeline:
         c = unet.config
         size = c.sample_size if isinstance(c.sample_size, int) else 28
         self.sample_shape = (c.in_channels, size, size)
+        self.max_steps = {name: _max_steps(self._scheduler(name)) for name in self.samplers}
+        try:  # the defaults must themselves be a valid request, or every request fails later
+            self.resolve(0)
+        except InvalidParameter as e:
+            raise WeightsError(f"model_index.json's sampling default is invalid: {e}") from None
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -122,11 +149,9 @@ class DigitPipeline:
         except TypeError as e:
             raise WeightsError(f"{folder / 'model_index.json'}: bad 'digitgen' section: {e}") from None
         try:
-            own = SAMPLERS_FOR.get(sched.get("_class_name", "DDPMScheduler"), SCHEDULERS)[0]
-            make_scheduler(own, **_shared(sched) if own in SCHEDULERS else sched)
-        except ValueError as e:
+            return cls(unet, sched, defaults)
+        except ValueError as e:  # the scheduler config (the defaults raise WeightsError themselves)
             raise WeightsError(f"scheduler config {folder / 'scheduler'} is invalid: {e}") from None
-        return cls(unet, sched, defaults)
 
     def save_pretrained(self, folder: str | Path, unet_state: dict | None = None) -> None:
         folder = Path(folder)
@@ -140,22 +165,44 @@ class DigitPipeline:
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     # -- trajectories --------------------------------------------------------
-    def trajectory(self, label: int, seed: int, steps: int | None = None, scheduler: str | None = None,
-                   guidance_scale: float | None = None) -> Trajectory:
-        steps = self.defaults.num_inference_steps if steps is None else int(steps)
-        name = scheduler or self.defaults.scheduler
-        g = self.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
-        if not 0 <= label < self.num_labels:
-            raise ValueError(f"label must be in 0..{self.num_labels - 1}, got {label}")
-        if name not in self.samplers:
-            raise ValueError(f"scheduler must be one of {self.samplers}, got {name!r}")
-        # the model's own sampler takes its whole saved config; a sibling only the noise schedule
+    def _scheduler(self, name: str):
+        """A fresh scheduler: the model's own sampler takes its whole saved
+        config, a sibling only the noise schedule."""
         own = SCHEDULER_CLASSES[name]._class_name == self.scheduler_class
-        sched = make_scheduler(name, **(self.scheduler_config if own else _shared(self.scheduler_config)))
-        sched.set_timesteps(steps)
+        return make_scheduler(name, **(self.scheduler_config if own else _shared(self.scheduler_config)))
+
+    def resolve(self, label: int, steps: int | None = None, scheduler: str | None = None,
+                guidance_scale: float | None = None) -> Sampling:
+        """The one place sampling parameters meet the model: defaults filled
+        in, then label, sampler, step count and guidance checked against it.
+        Raises InvalidParameter naming the field."""
+        d = self.defaults
+        name = d.scheduler if scheduler is None else scheduler
+        steps = d.num_inference_steps if steps is None else steps
+        g = d.guidance_scale if guidance_scale is None else guidance_scale
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_labels:
+            raise InvalidParameter("label", f"label must be an integer 0-{self.num_labels - 1}, got {label!r}")
+        if name not in self.samplers:
+            raise InvalidParameter("scheduler", f"scheduler must be one of {', '.join(self.samplers)} for this "
+                                                f"model, got {name!r}")
+        top = self.max_steps[name]
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= top:
+            raise InvalidParameter("steps", f"steps must be an integer 1-{top} with scheduler {name}, got {steps!r}")
+        if isinstance(g, bool) or not isinstance(g, (int, float, np.floating)) or not np.isfinite(g) or g < 0:
+            raise InvalidParameter("guidance_scale", f"guidance_scale must be a finite number >= 0, got {g!r}")
+        return Sampling(int(label), int(steps), name, float(g))
+
+    def start(self, sampling: Sampling, seed: int) -> Trajectory:
+        """A trajectory at x_T, drawn from its own generator seeded with `seed`."""
+        sched = self._scheduler(sampling.scheduler)
+        sched.set_timesteps(sampling.steps)
         gen = np.random.default_rng(seed)
         x = gen.standard_normal((1, *self.sample_shape), dtype=np.float32) * np.float32(sched.init_noise_sigma)
-        return Trajectory(label, seed, steps, name, g, sched, gen, x)
+        return Trajectory(sampling, seed, sched, gen, x)
+
+    def trajectory(self, label: int, seed: int, steps: int | None = None, scheduler: str | None = None,
+                   guidance_scale: float | None = None) -> Trajectory:
+        return self.start(self.resolve(label, steps, scheduler, guidance_scale), seed)
 
     def step(self, trajectories: list[Trajectory]) -> list[StepResult]:
         """Advance every unfinished trajectory by one step, with one UNet
@@ -165,26 +212,27 @@ class DigitPipeline:
             return []
         xs, ts, labels = [], [], []
         for tr in active:
+            rows = tr.sampling.unet_rows
             x_in = tr.scheduler.scale_model_input(tr.sample, tr.timestep)
-            xs += [x_in] * tr.rows
-            ts += [tr.timestep] * tr.rows
-            labels += [tr.label] if tr.rows == 1 else [tr.label, self.defaults.null_class_label]
+            xs += [x_in] * rows
+            ts += [tr.timestep] * rows
+            labels += [tr.sampling.label] if rows == 1 else [tr.sampling.label, self.defaults.null_class_label]
         out = self.run_unet(np.concatenate(xs), np.array(ts), np.array(labels))
         results, row = [], 0
         for tr in active:
-            if tr.rows == 1:
+            if tr.sampling.unet_rows == 1:
                 eps = out[row:row + 1]
             else:  # classifier-free guidance: uncond + s * (cond - uncond)
                 cond, uncond = out[row:row + 1], out[row + 1:row + 2]
-                eps = uncond + np.float32(tr.guidance_scale) * (cond - uncond)
-            row += tr.rows
+                eps = uncond + np.float32(tr.sampling.guidance_scale) * (cond - uncond)
+            row += tr.sampling.unet_rows
             t = tr.timestep
             res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator,
-                                    **_STEP_OPTIONS.get(tr.scheduler_name, {}))
+                                    **STEP_OPTIONS.get(tr.sampling.scheduler, {}))
             tr.sample = res.prev_sample.astype(np.float32, copy=False)
             tr.index += 1
-            tr.last = StepResult(tr.index, tr.steps, t, tr.sample[0], res.pred_original_sample[0])
-            results.append(tr.last)
+            tr.latest = StepResult(tr.index, tr.steps, t, tr.sample[0], res.pred_original_sample[0])
+            results.append(tr.latest)
         return results
 
     def run(self, labels, seeds, **kwargs) -> Iterator[list[StepResult]]:
@@ -192,7 +240,7 @@ class DigitPipeline:
         trs = [self.trajectory(int(l), int(s), **kwargs) for l, s in zip(labels, seeds, strict=True)]
         while not all(t.done for t in trs):
             self.step(trs)
-            yield [t.last for t in trs]
+            yield [t.latest for t in trs]
 
     def generate(self, labels, seeds, **kwargs) -> np.ndarray:
         """Final images, (N, C, H, W) float32 in [-1, 1]."""
@@ -200,6 +248,10 @@ class DigitPipeline:
         for last in self.run(labels, seeds, **kwargs):
             pass
         return np.clip(np.stack([r.sample for r in last]), -1, 1)
+
+
+def _max_steps(sched) -> int:
+    return getattr(sched, "max_inference_steps", None) or sched.config["num_train_timesteps"]
 
 
 def _shared(config: dict) -> dict:

@@ -7,7 +7,7 @@ import pytest
 
 from engine import UNet2DModel, no_grad
 from engine.io import WeightsError
-from engine.pipeline import DigitPipeline, SamplingDefaults
+from engine.pipeline import DigitPipeline, InvalidParameter, Sampling, SamplingDefaults
 
 TINY = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
             down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
@@ -87,13 +87,34 @@ def test_run_yields_every_step_and_generate_returns_images(pipe):
     np.testing.assert_array_equal(images[1], np.clip(frames[-1][1].sample, -1, 1))
 
 
-def test_bad_arguments(pipe):
-    with pytest.raises(ValueError, match="label"):
-        pipe.trajectory(10, seed=0)
-    with pytest.raises(ValueError, match="scheduler"):
-        pipe.trajectory(1, seed=0, scheduler="euler")
-    with pytest.raises(ValueError):
-        pipe.trajectory(1, seed=0, steps=0)
+@pytest.mark.parametrize("args, field", [
+    (dict(label=10), "label"), (dict(label=-1), "label"), (dict(label=True), "label"), (dict(label=2.0), "label"),
+    (dict(label=1, scheduler="euler"), "scheduler"), (dict(label=1, scheduler="lcm"), "scheduler"),
+    (dict(label=1, steps=0), "steps"), (dict(label=1, steps=1001), "steps"), (dict(label=1, steps=2.5), "steps"),
+    (dict(label=1, guidance_scale=float("nan")), "guidance_scale"), (dict(label=1, guidance_scale=-1.0), "guidance_scale"),
+])
+def test_resolve_names_the_field_it_rejects(pipe, args, field):
+    with pytest.raises(InvalidParameter) as e:
+        pipe.resolve(**args)
+    assert e.value.field == field and field in str(e.value)
+
+
+def test_resolve_fills_defaults_from_the_model(pipe):
+    d = pipe.defaults
+    assert pipe.resolve(3) == Sampling(3, d.num_inference_steps, d.scheduler, d.guidance_scale)
+    assert pipe.resolve(3, steps=5, scheduler="ddim", guidance_scale=1.0).unet_rows == 1
+    assert pipe.max_steps == {"ddpm": 1000, "ddim": 1000, "dpm": 999}
+
+
+@pytest.mark.parametrize("bad", [{"scheduler": "euler"}, {"num_inference_steps": -3}, {"guidance_scale": -1}])
+def test_invalid_defaults_in_model_index_fail_at_load(pipe, tmp_path, bad):
+    pipe.save_pretrained(tmp_path / "w")
+    index_path = tmp_path / "w" / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["digitgen"].update(bad)
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match="sampling default is invalid"):
+        DigitPipeline.from_pretrained(tmp_path / "w")
 
 
 def test_save_and_load_round_trip(pipe, tmp_path):

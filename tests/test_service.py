@@ -253,7 +253,7 @@ def test_openapi_documents_parameters_with_examples(client):
     post = spec["paths"]["/generate"]["post"]
     params = {p["name"]: p for p in post["parameters"]}
     assert {"label", "steps", "scheduler", "guidance_scale", "seed", "n", "size", "format"} <= params.keys()
-    assert params["label"]["examples"]["example"]["value"] == 5
+    assert params["label"]["schema"]["examples"] == [5] and params["label"]["description"]
     assert "examples" in post["requestBody"]["content"]["application/json"]
     assert {"/generate/stream", "/generate.gif", "/healthz", "/readyz", "/metrics"} <= spec["paths"].keys()
     assert client.get("/docs").status_code == 200

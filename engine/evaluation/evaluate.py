@@ -39,7 +39,8 @@ from .. import paths
 from ..io import WeightsError
 from ..io.data import NUM_CLASSES, DataError, from_model_range, load_mnist
 from ..nn import runtime
-from ..pipeline import SCHEDULERS, DigitPipeline
+from ..pipeline import DigitPipeline
+from ..schedulers import SCHEDULERS as SCHEDULER_NAMES
 from .classifier import DEFAULT_FOLDER as DEFAULT_CLASSIFIER
 from .classifier import DigitClassifier, load_classifier, predict
 
@@ -160,6 +161,7 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
     classifier_train_images: the classifier trained on x_train[:this]; the
     rest are its held-out digits, drawn for the real-vs-real floor."""
     t_start = time.perf_counter()
+    chosen = pipe.resolve(0, steps, scheduler, guidance_scale)  # the model's defaults, checked before any work
     x_train, y_train = load_mnist(data, "train")
     x_test, y_test = load_mnist(data, "test")
     N = NUM_CLASSES * per_class
@@ -180,7 +182,7 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
     if floor is None:
         raise DataError(f"--per-class {per_class}: not enough real digits for two disjoint samples of {N}")
 
-    sampling = {"steps": steps, "scheduler": scheduler, "guidance_scale": guidance_scale}
+    sampling = {"steps": chosen.steps, "scheduler": chosen.scheduler, "guidance_scale": chosen.guidance_scale}
     gen, gen_labels, gen_s = generate_digits(pipe, per_class, seed, batch, log, **sampling)
 
     if log:
@@ -212,14 +214,10 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
     gen_scores = _scores(gen_probs, gen_labels)
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     np.add.at(confusion, (gen_labels, gen_probs.argmax(axis=1)), 1)
-    d = pipe.defaults
     return {
         "n": N,
         "per_class": per_class,
-        "sampler": {"scheduler": scheduler or d.scheduler,
-                    "steps": int(steps if steps is not None else d.num_inference_steps),
-                    "guidance_scale": float(guidance_scale if guidance_scale is not None else d.guidance_scale),
-                    "seed": seed, "seeds": f"{seed}..{seed + N - 1}, class-major"},
+        "sampler": {**sampling, "seed": seed, "seeds": f"{seed}..{seed + N - 1}, class-major"},
         "generated": {**gen_scores, "confusion": confusion.tolist()},
         "real_test": _scores(ref_probs, ref_labels),
         "real_floor_sample": _scores(floor_probs, floor_labels),
@@ -304,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MNIST .npz or IDX folder with train and test splits (default: data/mnist.npz in the repository)")
     p.add_argument("--per-class", type=int, default=100, help="generated digits per class (default 100)")
     p.add_argument("--steps", type=int, help="default: the pipeline's")
-    p.add_argument("--scheduler", choices=SCHEDULERS, help="default: the pipeline's")
+    p.add_argument("--scheduler", choices=sorted(SCHEDULER_NAMES), help="default: the pipeline's")
     p.add_argument("--guidance-scale", type=float, help="default: the pipeline's")
     p.add_argument("--seed", type=int, default=0, help="digit i uses seed SEED + i; also picks the real samples")
     p.add_argument("--batch", type=int, default=100, help="digits per generation batch (default 100)")

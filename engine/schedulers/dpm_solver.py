@@ -115,10 +115,11 @@ class DPMSolverMultistepScheduler(ConfigMixin):
         self.lower_order_nums = 0
         self.step_index: int | None = None
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
+    def _timesteps(self, n: int) -> np.ndarray:
+        """The timestep list for n steps, as diffusers spaces it; ValueError
+        where that list would leave [0, T) or repeat a timestep."""
         cfg = self.config
         T = cfg["num_train_timesteps"]
-        n = check_num_inference_steps(num_inference_steps, T)
         # lambda_min_clipped trims the noisiest steps (useful for the cosine schedule)
         clipped = int(np.searchsorted(self._train_lambdas[::-1], cfg["lambda_min_clipped"]))
         last = T - clipped
@@ -135,8 +136,33 @@ class DPMSolverMultistepScheduler(ConfigMixin):
                              f"steps_offset={cfg['steps_offset']} gives timesteps outside [0, {T - 1}]")
         if np.unique(ts).size != ts.size:
             # diffusers returns NaN (linspace) or raises IndexError (leading) here
-            raise ValueError(f"num_inference_steps={n} with timestep_spacing={spacing!r} repeats timesteps; "
-                             "use fewer steps")
+            raise ValueError(f"num_inference_steps={n} with timestep_spacing={spacing!r} repeats timesteps")
+        return ts
+
+    @property
+    def max_inference_steps(self) -> int:
+        """The most steps this config can take without repeating a timestep
+        (999 of 1000 for linspace or leading spacing): once a count repeats
+        one, every larger count does, so a binary search finds it."""
+        if getattr(self, "_max_steps", None) is None:
+            lo, hi = 0, self.config["num_train_timesteps"]
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                try:
+                    self._timesteps(mid)
+                    lo = mid
+                except ValueError:
+                    hi = mid - 1
+            self._max_steps = lo
+        return self._max_steps
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        cfg = self.config
+        n = check_num_inference_steps(num_inference_steps, cfg["num_train_timesteps"])
+        try:
+            ts = self._timesteps(n)
+        except ValueError as e:
+            raise ValueError(f"{e}; this config takes at most {self.max_inference_steps} steps") from None
         final = self._train_sigmas[0] if cfg["final_sigmas_type"] == "sigma_min" else np.float32(0.0)
         self.sigmas = np.append(self._train_sigmas[ts], final).astype(np.float32)
         self.timesteps = ts

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
+from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
 
 LEVELS = (1, 4, 16)

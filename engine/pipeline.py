@@ -10,6 +10,7 @@ image is the same alone or batched with others.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ class SamplingDefaults:
     scheduler: str = "dpm"
     num_inference_steps: int = 20
     guidance_scale: float = 2.0
-    null_class_label: int = 10
+    null_class_label: int | None = None   # None: the model's (UNet2DConfig.null_class_label)
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,11 @@ class DigitPipeline:
                                f"choose one of {sorted(SAMPLERS_FOR)}")
         self.samplers = SAMPLERS_FOR[self.scheduler_class]
         self.defaults = defaults or SamplingDefaults()
+        if self.defaults.null_class_label is None:
+            self.defaults = dataclasses.replace(self.defaults, null_class_label=unet.config.null_class_label)
         n_classes = unet.config.num_class_embeds
-        if not n_classes or not 0 <= self.defaults.null_class_label < n_classes:
+        if not n_classes or self.defaults.null_class_label is None or \
+                not 0 <= self.defaults.null_class_label < n_classes:
             raise WeightsError(f"null_class_label {self.defaults.null_class_label} is not a class of the model "
                                f"(num_class_embeds={n_classes})")
         self.num_labels = self.defaults.null_class_label  # labels 0..null-1 are digits

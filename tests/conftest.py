@@ -35,6 +35,17 @@ def make_tiny_weights(folder: Path) -> Path:
     return folder
 
 
+def write_bar_digits(path: Path, n: int = 64) -> Path:
+    """n synthetic 'digits' as an MNIST .npz: class k is a bright bar at row 2 + 2k on faint noise."""
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 10
+    x = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
+    for i, k in enumerate(y):
+        x[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
+    np.savez(path, x_train=x, y_train=y)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     return make_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))

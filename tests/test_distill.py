@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import make_tiny_weights
+from conftest import make_tiny_weights, write_bar_digits
 from engine.training.distill import DistillConfig, Distiller, main
 from engine.pipeline import DigitPipeline, InvalidParameter
 from engine.schedulers import DDIMScheduler
@@ -21,12 +21,7 @@ from engine.schedulers import DDIMScheduler
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("distill")
     make_tiny_weights(d / "teacher")
-    rng = np.random.default_rng(0)
-    y = np.arange(64) % 10
-    x = (rng.random((64, 28, 28)) * 40).astype(np.uint8)
-    for i, k in enumerate(y):
-        x[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
-    np.savez(d / "mnist.npz", x_train=x, y_train=y)
+    write_bar_digits(d / "mnist.npz")
     return d
 
 

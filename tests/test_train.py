@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import write_bar_digits
 from engine.training.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,14 +25,8 @@ TINY = {"sample_size": 28, "in_channels": 1, "out_channels": 1, "block_out_chann
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """64 synthetic 'digits': class k is a bright bar at row 2 + 2k."""
     d = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    y = np.arange(64) % 10
-    x = (rng.random((64, 28, 28)) * 40).astype(np.uint8)
-    for i, k in enumerate(y):
-        x[i, 2 + 2 * k: 4 + 2 * k, 4:24] = 255
-    np.savez(d / "mnist.npz", x_train=x, y_train=y)
+    write_bar_digits(d / "mnist.npz")
     cfg = d / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     return d

@@ -74,6 +74,12 @@ class UNet2DConfig:
         cfg.validate()
         return cfg
 
+    @property
+    def null_class_label(self) -> int | None:
+        """The class that means "no label" for classifier-free guidance: by
+        this project's convention the last class embedding (10 of 0-10)."""
+        return self.num_class_embeds - 1 if self.num_class_embeds else None
+
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         for k, v in d.items():

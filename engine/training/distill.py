@@ -35,8 +35,6 @@ sample grids, SIGINT/SIGTERM checkpoint.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +43,16 @@ import numpy as np
 
 from .. import paths
 from ..io import WeightsError
-from ..io.data import DataError, load_mnist, to_model_range
+from ..io.data import to_model_range
 from ..models.runner import InferenceRunner
 from ..models.unet_2d import UNet2DModel
 from ..nn import runtime
 from ..pipeline import DigitPipeline, SamplingDefaults
 from ..schedulers import DDPMScheduler
 from ..schedulers.lcm import boundary_scalings, lcm_origin_timesteps
+from . import runs
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
-from .train import CHECKPOINT, Trainer
+from .train import Trainer
 
 
 
@@ -226,63 +225,25 @@ class Distiller(Trainer):
 
 
 # -- command line ---------------------------------------------------------------
-RESUMABLE = ("steps", "checkpoint_minutes", "data", "sample_seeds", "log_every")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="digitgen distill", description=__doc__.split("\n\n")[0])
-    for f in dataclasses.fields(DistillConfig):
-        kind = type(f.default) if f.default is not dataclasses.MISSING else str
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                       help="MNIST .npz or IDX folder" if f.name == "data" else f"default: {f.default}")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps in this run")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+    return runs.build_parser("digitgen distill", __doc__.split("\n\n")[0], DistillConfig)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     runtime.configure()  # the engine's threads; nothing starts at import
-    given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("resume", "stop_after", "no_progress")}
-    out = Path(given.get("out", DistillConfig.out))
-    ckpt = out / CHECKPOINT
-    if args.resume:
-        if not ckpt.is_file():
-            print(f"error: --resume: no checkpoint at {ckpt}", file=sys.stderr)
-            return 2
-        from safetensors import safe_open
-
-        with safe_open(str(ckpt), "np") as f:
-            meta = f.metadata() or {}
-        if meta.get("kind") != "distill":
-            print(f"error: {ckpt} is not a distillation checkpoint (resume it with digitgen train)", file=sys.stderr)
-            return 2
-        saved = json.loads(meta["train_config"])
-        saved.update({k: given[k] for k in RESUMABLE if k in given})  # a resumed run keeps everything else
-        cfg = DistillConfig(**saved)
-    else:
-        if ckpt.exists():
-            print(f"error: {ckpt} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
-            return 2
-        if "data" not in given:
-            print("error: --data is required", file=sys.stderr)
-            return 2
-        cfg = DistillConfig(**given)
     try:
-        images, labels = load_mnist(cfg.data, "train")
+        cfg, meta, ckpt = runs.run_config(args, DistillConfig, "distill")
+        images, labels = runs.training_images(cfg)
         distiller = Distiller(cfg)
-    except (DataError, WeightsError) as e:
+    except (runs.RunError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if cfg.limit:
-        images, labels = images[:cfg.limit], labels[:cfg.limit]
-    if args.resume:
+    if meta is not None:
         distiller.load_checkpoint(ckpt)
     print(f"distilling {cfg.teacher} (guidance {distiller.guidance:g}) into a {cfg.sample_steps}-step student on "
-          f"{len(images):,} images, step {distiller.step} -> {cfg.steps}, batch {cfg.batch_size}; run folder {out}",
-          file=sys.stderr)
+          f"{len(images):,} images, step {distiller.step} -> {cfg.steps}, batch {cfg.batch_size}; "
+          f"run folder {cfg.out}", file=sys.stderr)
     distiller.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress)
     return 0
 

@@ -28,16 +28,17 @@ import numpy as np
 
 from .. import paths
 from ..io import WeightsError, load_safetensors, read_json, save_safetensors
-from ..io.data import DataError, load_mnist, to_model_range
+from ..io.data import to_model_range
 from ..io.images import grid
 from ..models.unet_2d import UNet2DConfig, UNet2DModel
 from ..nn import runtime
 from ..nn.layers import Dropout
 from ..pipeline import DigitPipeline, SamplingDefaults
 from ..schedulers import DDPMScheduler
+from . import runs
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
+from .runs import CHECKPOINT
 
-CHECKPOINT = "checkpoint.safetensors"
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.model = UNet2DModel(UNet2DConfig.from_dict(model_config), rng=np.random.default_rng(cfg.seed))
         self.model.train()
-        self.null_label = self.model.config.num_class_embeds - 1
+        self.null_label = self.model.config.null_class_label
         self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                        prediction_type=cfg.prediction_type)
         self.params = self.model.parameters()
@@ -126,7 +127,7 @@ class Trainer:
 
     def checkpoint_meta(self) -> dict[str, str]:
         rng_state = {n: m.rng.bit_generator.state for n, m in self._dropouts()}
-        return {"format": "digitgen-checkpoint-1",
+        return {"format": "digitgen-checkpoint-1", "kind": "train",
                 "train_config": json.dumps(dataclasses.asdict(self.cfg)),
                 "model_config": json.dumps(self.model.config.to_dict()),
                 "ema_updates": str(self.ema.updates),
@@ -257,70 +258,32 @@ def _progress(enabled: bool, initial: int, total: int):
 
 # -- command line ---------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="digitgen train", description=__doc__.split("\n\n")[0])
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    p.add_argument("--data", help="MNIST .npz (x_train/y_train) or folder of IDX files")
-    for name, f in fields.items():
-        if name == "data":
-            continue
-        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=None,
-                       help=f"default: {f.default}")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps in this run")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+    return runs.build_parser("digitgen train", __doc__.split("\n\n")[0], TrainConfig)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     runtime.configure()  # the engine's threads; nothing starts at import
-    given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("resume", "stop_after", "no_progress")}
-    out = Path(given.get("out", TrainConfig.out))
-    ckpt = out / CHECKPOINT
-    if args.resume:
-        if not ckpt.is_file():
-            print(f"error: --resume: no checkpoint at {ckpt}", file=sys.stderr)
-            return 2
-        from safetensors import safe_open
-
-        with safe_open(str(ckpt), "np") as f:
-            meta = f.metadata() or {}
-        saved = json.loads(meta["train_config"])
-        # a resumed run keeps its settings; only these may change
-        for k in ("steps", "checkpoint_minutes", "data", "sample_seeds", "log_every"):
-            if k in given:
-                saved[k] = given[k]
-        cfg = TrainConfig(**saved)
-        model_config = json.loads(meta["model_config"])
-    else:
-        if ckpt.exists():
-            print(f"error: {ckpt} exists; pass --resume to continue it or choose another --out", file=sys.stderr)
-            return 2
-        if "data" not in given:
-            print("error: --data is required", file=sys.stderr)
-            return 2
-        cfg = TrainConfig(**given)
-        try:
-            model_config = read_json(Path(cfg.model_config), "model config")
-            UNet2DConfig.from_dict(model_config)
-        except (WeightsError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        model_config = {k: v for k, v in model_config.items() if not k.startswith("_")}
-
     try:
-        images, labels = load_mnist(cfg.data, "train")
-    except DataError as e:
+        cfg, meta, ckpt = runs.run_config(args, TrainConfig, "train")
+        if meta is not None:
+            model_config = json.loads(meta["model_config"])
+        else:
+            try:
+                model_config = read_json(Path(cfg.model_config), "model config")
+                UNet2DConfig.from_dict(model_config)
+            except (WeightsError, ValueError) as e:
+                raise runs.RunError(str(e)) from None
+            model_config = {k: v for k, v in model_config.items() if not k.startswith("_")}
+        images, labels = runs.training_images(cfg)
+    except runs.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if cfg.limit:
-        images, labels = images[:cfg.limit], labels[:cfg.limit]
     trainer = Trainer(cfg, model_config)
-    if args.resume:
+    if meta is not None:
         trainer.load_checkpoint(ckpt)
     print(f"training {trainer.model.num_parameters():,} parameters on {len(images):,} images, "
-          f"step {trainer.step} -> {cfg.steps}, batch {cfg.batch_size}; run folder {out}", file=sys.stderr)
+          f"step {trainer.step} -> {cfg.steps}, batch {cfg.batch_size}; run folder {cfg.out}", file=sys.stderr)
     trainer.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress)
     return 0
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.evaluation.classifier import ClassifierConfig, DigitClassifier, save_classifier
-from engine.evaluation.evaluate import (balanced_indices, feature_stats, format_report, frechet_distance, frechet_features,
+from engine.evaluation.evaluate import (balanced_indices, within_class_distance, feature_stats, format_report, frechet_distance, frechet_features,
                              main, nearest_distances, sqrtm_psd)
 from engine.models.unet_2d import UNet2DModel
 from engine.pipeline import DigitPipeline, SamplingDefaults
@@ -96,6 +96,20 @@ def test_nearest_distances_match_brute_force():
     assert arg2[-2] != 5 and arg2[-1] != 17
 
 
+def test_within_class_distance_matches_brute_force():
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 784))
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3])
+    got = within_class_distance(x, labels)
+    for k, v in got.items():
+        xs = x[labels == int(k)]
+        pairs = [np.linalg.norm(a - b) for i, a in enumerate(xs) for j, b in enumerate(xs) if i != j]
+        assert v == pytest.approx(np.mean(pairs), rel=1e-9)
+    assert set(got) == {"0", "1", "2", "3"}
+    same = within_class_distance(np.repeat(x[:1], 4, axis=0), np.zeros(4, int))
+    assert same["0"] == pytest.approx(0.0, abs=1e-6)  # collapsed: no variety
+
+
 def test_balanced_indices():
     labels = np.repeat(np.arange(10), 5)
     rng = np.random.default_rng(0)
@@ -159,9 +173,14 @@ def test_end_to_end_writes_every_field(setup, tmp_path, capsys):
     assert m["held_out_nn"]["min"] > 0  # held-out digits did not find themselves in the pool
     assert 0 <= m["near_copy_fraction"] <= 1 and 0 <= m["held_out_near_copy_fraction"] <= 1
     assert r["classifier_test_accuracy"] == 0.5 and r["timing"]["generate_s"] >= 0
+    div = r["diversity"]
+    assert div["generated"] > 0 and div["real_test"] > 0
+    assert div["ratio"] == pytest.approx(div["generated"] / div["real_test"])
+    assert set(div["per_class_ratio"]) == {str(k) for k in range(10)}
     text = capsys.readouterr().out
     assert text == format_report(r) + "\n"
-    for words in ("conditional accuracy", "Fréchet distance", "real vs real (floor)", "ratio", "near-copies"):
+    for words in ("conditional accuracy", "Fréchet distance", "real vs real (floor)", "ratio", "near-copies",
+                  "diversity"):
         assert words in text
 
 

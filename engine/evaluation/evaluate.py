@@ -22,6 +22,11 @@ scores them with the in-project classifier (engine/classifier.py):
   same rate is measured on held-out training digits (against the other
   training images): a model that makes new digits scores about the same.
 
+* diversity: the mean pixel-space L2 distance between two digits of the
+  same class, generated vs the real test sample (per class, then averaged),
+  and the ratio. Few-step students fail by losing variety (every 7 alike),
+  which accuracy does not see and the Fréchet distance sees only in part.
+
 Generated digits are quantised to uint8, as the service's PNGs are, so they
 and the real digits go through the same preprocessing.
 """
@@ -115,6 +120,21 @@ def nearest_distances(queries: np.ndarray, pool: np.ndarray, exclude: np.ndarray
         arg[a:a + chunk] = d2.argmin(axis=1)
     diff = queries.astype(np.float64) - pool[arg]
     return np.sqrt(np.einsum("ij,ij->i", diff, diff)), arg
+
+
+def within_class_distance(flat: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Mean pairwise L2 distance between digits of one class, per class.
+    flat (N, 784). Uses |a-b|^2 = |a|^2 + |b|^2 - 2ab over all pairs a != b."""
+    out = {}
+    for k in range(NUM_CLASSES):
+        x = flat[labels == k].astype(np.float64)
+        n = len(x)
+        if n < 2:
+            continue
+        sq = np.einsum("ij,ij->i", x, x)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
+        out[str(k)] = float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean())
+    return out
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
@@ -211,6 +231,8 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
     th_floor = np.array([threshold[k] for k in floor_labels])
     closest = int(np.argmin(gen_nn))
 
+    gen_div = within_class_distance(_flat(gen), gen_labels)
+    real_div = within_class_distance(_flat(x_test[ref]), ref_labels)
     gen_scores = _scores(gen_probs, gen_labels)
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     np.add.at(confusion, (gen_labels, gen_probs.argmax(axis=1)), 1)
@@ -244,6 +266,13 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
                              "seed": int(seed + closest), "train_index": int(pool_idx[gen_arg[closest]]),
                              "distance": float(gen_nn[closest])},
         },
+        "diversity": {
+            "metric": "mean pixel L2 between two digits of the same class, intensities in [0, 1]",
+            "generated": float(np.mean(list(gen_div.values()))),
+            "real_test": float(np.mean(list(real_div.values()))),
+            "ratio": float(np.mean(list(gen_div.values())) / np.mean(list(real_div.values()))),
+            "per_class_ratio": {k: round(gen_div[k] / real_div[k], 4) for k in gen_div},
+        },
         "timing": {"generate_s": round(gen_s, 1), "images_per_s": round(N / gen_s, 2),
                    "total_s": round(time.perf_counter() - t_start, 1)},
     }
@@ -256,6 +285,7 @@ def _quantiles(d: np.ndarray) -> dict:
 # -- report ------------------------------------------------------------------------------
 def format_report(r: dict) -> str:
     s, g, real, fr, mem = r["sampler"], r["generated"], r["real_test"], r["frechet"], r["memorisation"]
+    div = r["diversity"]
     lines = [
         f"digitgen evaluation: {r['n']} digits ({r['per_class']} per class); {s['scheduler']}, {s['steps']} steps, "
         f"guidance {s['guidance_scale']:g}, seeds {s['seeds']}",
@@ -286,6 +316,10 @@ def format_report(r: dict) -> str:
         f"seed {mem['closest_pair']['seed']}) to training image {mem['closest_pair']['train_index']}, "
         f"distance {mem['closest_pair']['distance']:.3f}",
         "",
+        f"diversity ({div['metric']}):",
+        f"  generated {div['generated']:.3f}, real test {div['real_test']:.3f}, ratio {div['ratio']:.3f}"
+        f"   (per class {min(div['per_class_ratio'].values()):.2f}-{max(div['per_class_ratio'].values()):.2f})",
+        "",
         f"generation {r['timing']['generate_s']:.0f}s ({r['timing']['images_per_s']:.2f} digits/s), "
         f"total {r['timing']['total_s']:.0f}s",
     ]
@@ -295,8 +329,10 @@ def format_report(r: dict) -> str:
 # -- command line ------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="digitgen eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", type=Path, default=paths.default_weights(),
-                   help="diffusion pipeline folder (default: $DIGITGEN_WEIGHTS or the repository's weights/)")
+    p.add_argument("--model", choices=("base", "fast"), default="base",
+                   help="the shipped model to score: base (weights/) or fast (weights/fast/); default base")
+    p.add_argument("--weights", type=Path,
+                   help="a pipeline folder instead (default: --model's; base: $DIGITGEN_WEIGHTS if set)")
     p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="default: weights/classifier")
     p.add_argument("--data", type=Path, default=paths.DATA,
                    help="MNIST .npz or IDX folder with train and test splits (default: data/mnist.npz in the repository)")
@@ -328,6 +364,8 @@ def main(argv=None) -> int:
         print(f"error: MNIST data not found: {args.data} (pass --data PATH to an .npz with "
               f"x_train/y_train/x_test/y_test, or a folder of IDX files)", file=sys.stderr)
         return 2
+    if args.weights is None:
+        args.weights = paths.default_weights() if args.model == "base" else paths.FAST_WEIGHTS
     try:
         pipe = DigitPipeline.from_pretrained(args.weights)
         classifier, info = load_classifier(args.classifier)

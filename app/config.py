@@ -8,6 +8,8 @@
     DIGITGEN_DEADLINE_S     per-request deadline in seconds, queueing included (default 120)
     DIGITGEN_GRACEFUL_S     seconds `serve` lets open requests finish on shutdown (default 10)
     DIGITGEN_THREADS        engine threads (default 0: the CPU count, at most 8)
+    DIGITGEN_DEFAULT_MODEL  base or fast: the model a request without `model` gets (default: fast when
+                            WEIGHTS/fast is there, else base)
 """
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ class Settings:
     deadline_s: float = 120.0
     graceful_s: float = 10.0
     threads: int = 0
+    default_model: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
         checks = {"port": 0 <= self.port <= 65535, "max_batch": self.max_batch >= 1,
                   "max_queue": self.max_queue >= 0, "deadline_s": self.deadline_s > 0,
-                  "graceful_s": self.graceful_s >= 0, "threads": self.threads >= 0}
+                  "graceful_s": self.graceful_s >= 0, "threads": self.threads >= 0,
+                  "default_model": self.default_model in ("", "base", "fast")}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range")

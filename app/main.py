@@ -66,20 +66,32 @@ async def lifespan(app: FastAPI):
     if settings is None:  # the environment held a bad setting; create_app kept the message
         raise ConfigError(app.state.startup_error)
     threads = runtime.configure(settings.threads or None)
-    try:
-        pipe = await run_in_threadpool(app.state.load_pipeline, settings.weights)
-    except WeightsError as e:
-        app.state.startup_error = (f"digitgen cannot start: {e}\n"
-                                   f"  (weights folder: {settings.weights}; set DIGITGEN_WEIGHTS or --weights to a "
-                                   f"folder written by DigitPipeline.save_pretrained)")
-        raise
-    svc = Service(pipe, settings, app.state.metrics, app.state.clock)
+    folders = {"base": settings.weights}
+    if (settings.weights / "fast").is_dir():  # the distilled few-step model ships beside the base one
+        folders["fast"] = settings.weights / "fast"
+    pipes = {}
+    for name, folder in folders.items():
+        try:
+            pipes[name] = await run_in_threadpool(app.state.load_pipeline, folder)
+        except WeightsError as e:
+            app.state.startup_error = (f"digitgen cannot start: {e}\n"
+                                       f"  ({name} model folder: {folder}; set DIGITGEN_WEIGHTS or --weights to a "
+                                       f"folder written by DigitPipeline.save_pretrained)")
+            raise
+    default = settings.default_model or ("fast" if "fast" in pipes else "base")
+    if default not in pipes:
+        app.state.startup_error = (f"digitgen cannot start: DIGITGEN_DEFAULT_MODEL={default} but there is no "
+                                   f"{settings.weights / default} folder")
+        raise ConfigError(app.state.startup_error)
+    svc = Service(pipes, default, settings, app.state.metrics, app.state.clock)
     svc.start()
     app.state.service = svc
-    d = pipe.defaults
-    log.info("digitgen ready: weights %s (%d parameters), default %s, %d steps, guidance %g; %d engine threads",
-             settings.weights, pipe.unet.num_parameters(), d.scheduler, d.num_inference_steps, d.guidance_scale,
-             threads)
+    for name, pipe in pipes.items():
+        d = pipe.defaults
+        log.info("digitgen model %s%s: %s (%d parameters), %s, %d steps, guidance %g", name,
+                 " (default)" if name == default else "", folders[name], pipe.unet.num_parameters(), d.scheduler,
+                 d.num_inference_steps, d.guidance_scale)
+    log.info("digitgen ready: %d engine threads", threads)
     try:
         yield
     finally:

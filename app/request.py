@@ -22,6 +22,7 @@ from .schemas import SEED_MAX, SampleParams
 class Generation:
     """What the engine will run for one request: n images sampled alike,
     image i from seed (seed + i) mod 2^32."""
+    model: str
     sampling: Sampling
     seed: int
     n: int = 1
@@ -55,8 +56,13 @@ class Given:
                                         "msg": message, "input": self.values.get(field)}])
 
 
-def resolve(pipe: DigitPipeline, given: Given, n: int = 1) -> Generation:
-    """Defaults from the model, every limit checked; a random seed if none."""
+def resolve(pipes: dict[str, DigitPipeline], default_model: str, given: Given, n: int = 1) -> Generation:
+    """The model, then its defaults and limits; a random seed if none."""
+    model = given.get("model", default_model)
+    if model not in pipes:
+        raise given.error("model", f"model {model!r} is not loaded by this server; it serves "
+                                   f"{', '.join(sorted(pipes))}")
+    pipe = pipes[model]
     if given.get("label") is None:
         raise RequestValidationError([{"type": "missing", "loc": ("query", "label"), "input": None,
                                        "msg": "Field required: give label (0-9) in the query string or the JSON body"}])
@@ -66,4 +72,4 @@ def resolve(pipe: DigitPipeline, given: Given, n: int = 1) -> Generation:
     except InvalidParameter as e:
         raise given.error(e.field, str(e)) from None
     seed = given.get("seed")
-    return Generation(sampling, secrets.randbelow(SEED_MAX + 1) if seed is None else seed, n)
+    return Generation(model, sampling, secrets.randbelow(SEED_MAX + 1) if seed is None else seed, n)

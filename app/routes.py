@@ -16,7 +16,7 @@ from . import render
 from .metrics import CONTENT_TYPE
 from .request import Generation, Given, resolve
 from .schemas import (ALLOWED, BODY_EXAMPLES, GenerateBody, GenerateParams, GeneratedImage, GenerateResult, GifParams,
-                      Info, Problem, StreamParams)
+                      Info, ModelInfo, Problem, StreamParams)
 from .service import Service, status_of
 from .worker import EngineFailure, FailedEvent
 
@@ -48,7 +48,8 @@ def _timing(job, t_done: float) -> tuple[float, float]:
 
 def _headers(gen: Generation, job, t_done: float) -> dict:
     queue_ms, gen_ms = _timing(job, t_done)
-    return {"X-Seed": str(gen.seed), "X-Steps": str(gen.sampling.steps), "X-Scheduler": gen.sampling.scheduler,
+    return {"X-Seed": str(gen.seed), "X-Model": gen.model, "X-Steps": str(gen.sampling.steps),
+            "X-Scheduler": gen.sampling.scheduler,
             "Server-Timing": f"queue;dur={queue_ms:.1f}, generate;dur={gen_ms:.1f}"}
 
 
@@ -70,9 +71,9 @@ async def generate(
     places with different values is a 422. Same seed + parameters = the same
     bytes."""
     given = Given(query, body)
-    gen = resolve(svc.pipe, given, n=given.get("n", 1))
+    gen = resolve(svc.pipes, svc.default_model, given, n=given.get("n", 1))
     size, fmt = given.get("size", 28), given.get("format", "png")
-    job = svc.submit(await svc.trajectories(gen))
+    job = svc.submit(gen, await svc.trajectories(gen))
     events = await svc.collect(request, job)
     if events is None:
         return Response(status_code=499)  # client closed the request; nobody reads this
@@ -87,7 +88,7 @@ async def generate(
         queue_ms, gen_ms = _timing(job, t_done)
         sm = gen.sampling
         result = GenerateResult(
-            label=sm.label, seed=gen.seed, n=gen.n, steps=sm.steps, scheduler=sm.scheduler,
+            model=gen.model, label=sm.label, seed=gen.seed, n=gen.n, steps=sm.steps, scheduler=sm.scheduler,
             guidance_scale=sm.guidance_scale, size=size,
             images=[GeneratedImage(index=i, seed=s, png_base64=b) for i, (s, b) in enumerate(zip(gen.seeds, pngs))],
             queue_ms=queue_ms, generate_ms=gen_ms)
@@ -123,10 +124,10 @@ async def stream_plan(
             raise HTTPException(204)
         given = Given(query.model_copy(update={"seed": int(m[1])}))
         skip = int(m[2])
-    gen = resolve(svc.pipe, given)
+    gen = resolve(svc.pipes, svc.default_model, given)
     trajectories = await svc.trajectories(gen)
     x_T = trajectories[0].sample[0].copy()
-    job = svc.submit(trajectories, every=given.get("every", 1))
+    job = svc.submit(gen, trajectories, every=given.get("every", 1))
     try:
         yield StreamPlan(gen, job, given.get("size", 28), skip, x_T)
     finally:
@@ -143,7 +144,7 @@ async def stream_plan(
 async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> AsyncIterable[ServerSentEvent]:
     gen, job, size = plan.gen, plan.job, plan.size
     sm = gen.sampling
-    meta = {"seed": gen.seed, "label": sm.label, "steps": sm.steps, "scheduler": sm.scheduler,
+    meta = {"model": gen.model, "seed": gen.seed, "label": sm.label, "steps": sm.steps, "scheduler": sm.scheduler,
             "guidance_scale": sm.guidance_scale, "size": size}
     try:
         if plan.skip == 0:
@@ -183,10 +184,10 @@ async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> 
                        **ERRORS})
 async def generate_gif(request: Request, svc: ServiceDep, query: Annotated[GifParams, Query()]) -> Response:
     given = Given(query)
-    gen = resolve(svc.pipe, given)
+    gen = resolve(svc.pipes, svc.default_model, given)
     trajectories = await svc.trajectories(gen)
     x_T = trajectories[0].sample[0].copy()
-    job = svc.submit(trajectories, every=given.get("every", max(1, math.ceil(gen.sampling.steps / 50))))
+    job = svc.submit(gen, trajectories, every=given.get("every", max(1, math.ceil(gen.sampling.steps / 50))))
     events = await svc.collect(request, job)
     if events is None:
         return Response(status_code=499)
@@ -205,16 +206,20 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/info", tags=["service"], response_model=Info, summary="Model, sampling defaults and limits")
+@router.get("/info", tags=["service"], response_model=Info, summary="Models, sampling defaults and limits")
 async def info(svc: ServiceDep) -> Info:
-    pipe, s = svc.pipe, svc.settings
-    return Info(
-        model={"weights": str(s.weights), "num_labels": pipe.num_labels, "sample_shape": list(pipe.sample_shape),
-               "parameters": pipe.unet.num_parameters()},
-        defaults=vars(pipe.defaults),
-        limits={**ALLOWED, "max_steps": pipe.max_steps, "max_batch": s.max_batch, "max_queue": s.max_queue,
-                "deadline_s": s.deadline_s},
-        schedulers=list(pipe.samplers))
+    s = svc.settings
+
+    def describe(pipe) -> ModelInfo:
+        return ModelInfo(
+            model={"num_labels": pipe.num_labels, "sample_shape": list(pipe.sample_shape),
+                   "parameters": pipe.unet.num_parameters(), "scheduler_class": pipe.scheduler_class},
+            defaults=vars(pipe.defaults),
+            limits={**ALLOWED, "max_steps": pipe.max_steps, "max_batch": s.max_batch, "max_queue": s.max_queue,
+                    "deadline_s": s.deadline_s},
+            schedulers=list(pipe.samplers))
+    models = {name: describe(pipe) for name, pipe in svc.pipes.items()}
+    return Info(**models[svc.default_model].model_dump(), default_model=svc.default_model, models=models)
 
 
 @router.get("/healthz", tags=["service"], summary="Liveness: the process answers")
@@ -229,7 +234,7 @@ async def readyz(request: Request):
     if svc is None or not svc.ready:
         return JSONResponse({"status": "not ready", "detail": "the model is not loaded or the engine is stopping"},
                             status_code=503, headers={"Retry-After": "5"})
-    return {"status": "ready", "weights": str(svc.settings.weights)}
+    return {"status": "ready", "models": sorted(svc.pipes)}
 
 
 @router.get("/metrics", tags=["service"], summary="Prometheus metrics", response_class=PlainTextResponse)

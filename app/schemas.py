@@ -12,6 +12,7 @@ from engine.schedulers import SCHEDULERS
 SEED_MAX = 2**32 - 1
 Scheduler = Literal[tuple(SCHEDULERS)]  # the registry's names; which ones a model takes, it says
 Format = Literal["png", "json"]
+Model = Literal["base", "fast"]
 Frames = Literal["xt", "x0"]
 
 # field -> (pydantic constraints, words for the 422 message)
@@ -27,10 +28,13 @@ BOUNDS: dict[str, tuple[dict, str]] = {
 ALLOWED = {k: words for k, (_, words) in BOUNDS.items()} | {
     "scheduler": "one of " + ", ".join(SCHEDULERS) + " (/info lists the ones the model takes)",
     "format": "one of png, json",
+    "model": "one of base, fast (/info lists the loaded ones)",
     "frames": "one of xt, x0",
 }
 
 DOCS = {
+    "model": "base: the diffusion model (20 DPM-Solver++ steps with guidance); fast: its consistency-distilled "
+             "student (a few LCM steps, guidance built in). Default: the server's (see /info).",
     "label": "The digit to draw.",
     "steps": "Denoising steps. Default: the weights' sampling default (20 for the shipped weights). "
              "dpm accepts at most 999.",
@@ -49,7 +53,7 @@ DOCS = {
     "gif_every": "Keep every k-th step as a GIF frame (the last always). Default: about 50 frames at most.",
 }
 
-EXAMPLES = {"label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, "seed": 42, "n": 1, "size": 112,
+EXAMPLES = {"model": "fast", "label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, "seed": 42, "n": 1, "size": 112,
             "format": "png", "every": 1, "frames": "xt"}
 
 
@@ -62,6 +66,7 @@ class SampleParams(BaseModel):
     query string (all endpoints) and the JSON body (POST /generate) are both
     this model; `label` is required, in one place or the other. Defaults are
     not filled in here: they come from the loaded model (app/request.py)."""
+    model: Model | None = _field("model")
     label: int | None = _field("label")
     steps: int | None = _field("steps")
     scheduler: Scheduler | None = _field("scheduler")
@@ -105,6 +110,7 @@ class GeneratedImage(BaseModel):
 
 
 class GenerateResult(BaseModel):
+    model: Model
     label: int
     seed: int = Field(description="The base seed; image i used (seed + i) mod 2^32.")
     n: int
@@ -121,8 +127,14 @@ class Problem(BaseModel):
     detail: str
 
 
-class Info(BaseModel):
-    model: dict
-    defaults: dict
-    limits: dict
-    schedulers: list[str]
+class ModelInfo(BaseModel):
+    model: dict = Field(description="What the weights are: parameters, sample shape, classes.")
+    defaults: dict = Field(description="Its sampling defaults (from its model_index.json).")
+    limits: dict = Field(description="Allowed values; max_steps per scheduler is this model's own limit.")
+    schedulers: list[str] = Field(description="The samplers this model takes.")
+
+
+class Info(ModelInfo):
+    """The default model's description at the top level; every loaded model under `models`."""
+    default_model: Model
+    models: dict[str, ModelInfo]

@@ -20,10 +20,19 @@ from .worker import (BatchWorker, DeadlineExceeded, EngineFailure, FailedEvent, 
 
 
 class Service:
-    def __init__(self, pipe: DigitPipeline, settings: Settings, metrics: ServiceMetrics,
-                 clock: Callable[[], float] = time.monotonic):
-        self.pipe, self.settings, self.metrics, self.clock = pipe, settings, metrics, clock
-        self.worker = BatchWorker(pipe, metrics, settings.max_batch, settings.max_queue, clock)
+    """The loaded models ("base", and "fast" when its weights are there) and
+    the one engine worker that runs them."""
+
+    def __init__(self, pipes: dict[str, DigitPipeline], default_model: str, settings: Settings,
+                 metrics: ServiceMetrics, clock: Callable[[], float] = time.monotonic):
+        self.pipes, self.default_model = pipes, default_model
+        self.settings, self.metrics, self.clock = settings, metrics, clock
+        self.worker = BatchWorker(pipes, metrics, settings.max_batch, settings.max_queue, clock)
+
+    @property
+    def pipe(self) -> DigitPipeline:
+        """The default model's pipeline."""
+        return self.pipes[self.default_model]
 
     def start(self) -> None:
         self.worker.start()
@@ -38,10 +47,11 @@ class Service:
     async def trajectories(self, gen: Generation) -> list[Trajectory]:
         """Seeded trajectories, built off the event loop (scheduler tables and
         the initial noise)."""
-        return await run_in_threadpool(lambda: [self.pipe.start(gen.sampling, s) for s in gen.seeds])
+        pipe = self.pipes[gen.model]
+        return await run_in_threadpool(lambda: [pipe.start(gen.sampling, s) for s in gen.seeds])
 
-    def submit(self, trajectories: list[Trajectory], every: int = 0) -> Job:
-        job = Job(trajectories, self.settings.deadline_s, every, self.clock)
+    def submit(self, gen: Generation, trajectories: list[Trajectory], every: int = 0) -> Job:
+        job = Job(trajectories, self.settings.deadline_s, every, self.clock, gen.model)
         try:
             self.worker.submit(job)
         except (Overloaded, ShuttingDown) as e:

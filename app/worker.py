@@ -1,7 +1,9 @@
 """The engine worker: ONE thread runs a continuous-batching loop.
 
 Every in-flight trajectory (own label, timestep, scheduler state and seeded
-noise) joins the next `pipe.step` call, which is one batched UNet forward.
+noise) joins the next `pipe.step` call of its model, which is one batched
+UNet forward; with two models loaded (base and fast) a step is one forward
+per model.
 New requests join between steps, finished, cancelled and expired ones leave,
 and at most `max_batch` trajectories ride in one forward (the rest wait,
 first come first served). The event loop never runs the engine: it hands a
@@ -67,8 +69,9 @@ class Job:
     Create it on the event loop thread (the asyncio queue belongs there)."""
 
     def __init__(self, trajectories: list[Trajectory], deadline_s: float, every: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, model: str = "base"):
         self.trajectories = trajectories
+        self.model = model                  # which loaded model's pipeline steps them
         self.every = every                  # 0: last steps only; k: every k-th step and the last
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
@@ -109,9 +112,9 @@ class Job:
 
 
 class BatchWorker:
-    def __init__(self, pipe: DigitPipeline, metrics: ServiceMetrics, max_batch: int = 64, max_queue: int = 256,
-                 clock: Callable[[], float] = time.monotonic):
-        self.pipe, self.metrics = pipe, metrics
+    def __init__(self, pipes: dict[str, DigitPipeline], metrics: ServiceMetrics, max_batch: int = 64,
+                 max_queue: int = 256, clock: Callable[[], float] = time.monotonic):
+        self.pipes, self.metrics = pipes, metrics
         self.clock = clock  # deadlines are read from it, so a test can move time itself
         self.max_batch, self.max_queue = max_batch, max_queue
         self._cv = threading.Condition()
@@ -181,7 +184,10 @@ class BatchWorker:
                 continue
             t0 = time.perf_counter()
             try:
-                self.pipe.step([t for _, _, t in active])
+                for model in self.pipes:  # one batched forward per model with work in this step
+                    mine = [t for job, _, t in active if job.model == model]
+                    if mine:
+                        self.pipes[model].step(mine)
             except Exception as e:  # an engine bug must not take the service down
                 log.exception("denoising step failed for a batch of %d", len(active))
                 for job in {id(j): j for j, _, _ in active}.values():

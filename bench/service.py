@@ -1,20 +1,23 @@
 """Service benchmark: digits/s and p50/p95 latency of POST /generate at 1, 4
-and 16 concurrent clients (20 steps, the weights' default scheduler and
-guidance), next to the engine's own in-process batched sampling at the same
-batch sizes (`pipe.step` looped over N trajectories until done) and its
-single-digit sampling time. Engine and service rounds alternate per level
-(at 1 client: sample by sample) so slow drifts of a shared machine hit both
-alike.
+and 16 concurrent clients (each model at its own sampling defaults: base 20
+DPM-Solver++ steps with guidance, fast a few LCM steps), next to the engine's
+own in-process batched sampling at the same batch sizes (`pipe.step` looped
+over N trajectories until done) and its single-digit sampling time. Engine
+and service rounds alternate per level (at 1 client: sample by sample), and
+with several models the models alternate too, so slow drifts of a shared
+machine hit all alike.
 
-    python bench/service.py                                  # shipped weights/, own server
-    python bench/service.py --weights /tmp/tiny --quick      # smoke run
-    python bench/service.py --random-init                    # shipped config, random weights
+    python bench/service.py                                  # base and fast side by side, own server
+    python bench/service.py --model fast                     # one model
+    python bench/service.py --weights /tmp/tiny --quick      # smoke run (writes no recorded result)
+    python bench/service.py --random-init                    # shipped config, random weights (base only)
     python bench/service.py --url http://127.0.0.1:8000      # an already running server (same weights!)
 
 Prints a table and writes JSON (default bench/results/service.json).
-Targets: service at 16 clients >= 0.8x the engine at batch 16 and >= 2x the
-service at 1 client; p95 latency at 1 client <= 1.3x the engine's
-single-digit sampling time.
+Targets, per model: service at 16 clients >= 0.8x the engine at batch 16
+and >= 2x the service at 1 client; p95 latency at 1 client <= 1.3x the
+engine's single-digit sampling time. Fast vs base: one digit's p50 <= 1/8,
+digits/s at 16 clients >= 6x.
 """
 from __future__ import annotations
 
@@ -42,7 +45,6 @@ from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
 
 LEVELS = (1, 4, 16)
-STEPS = 20
 
 
 # -- the server ------------------------------------------------------------------
@@ -79,15 +81,15 @@ class LocalServer:
 
 # -- measurements ------------------------------------------------------------------
 def engine_batch_seconds(pipe: DigitPipeline, batch: int) -> float:
-    """Wall time to sample `batch` digits together, in process."""
-    trs = [pipe.trajectory(i % pipe.num_labels, 1000 + i, steps=STEPS) for i in range(batch)]
+    """Wall time to sample `batch` digits together, in process, at the model's defaults."""
+    trs = [pipe.trajectory(i % pipe.num_labels, 1000 + i) for i in range(batch)]
     t0 = time.perf_counter()
     while not all(t.done for t in trs):
         pipe.step(trs)
     return time.perf_counter() - t0
 
 
-def service_round(url: str, clients: int, seconds: float, seed0: int) -> dict:
+def service_round(url: str, model: str, clients: int, seconds: float, seed0: int) -> dict:
     """`clients` threads POST back to back for `seconds`; requests still
     running then are waited for and counted."""
     latencies: list[float] = []
@@ -100,7 +102,7 @@ def service_round(url: str, clients: int, seconds: float, seed0: int) -> dict:
             i = 0
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                r = c.post("/generate", params={"label": (k + i) % 10, "steps": STEPS, "seed": seed0 + 1000 * k + i})
+                r = c.post("/generate", params={"model": model, "label": (k + i) % 10, "seed": seed0 + 1000 * k + i})
                 dt = time.perf_counter() - t0
                 with lock:
                     (latencies.append(dt) if r.status_code == 200 else errors.append(f"{r.status_code} {r.text}"))
@@ -118,7 +120,8 @@ def service_round(url: str, clients: int, seconds: float, seed0: int) -> dict:
     return {"digits": len(latencies), "wall_s": wall, "latencies": latencies}
 
 
-def single_round(url: str, pipe: DigitPipeline, seconds: float, seed0: int) -> tuple[list[float], list[float]]:
+def single_round(url: str, model: str, pipe: DigitPipeline, seconds: float,
+                 seed0: int) -> tuple[list[float], list[float]]:
     """One client, alternating one in-process single-digit sample and one
     request, so both see the same machine: (engine seconds, request seconds)."""
     engine, service = [], []
@@ -127,16 +130,32 @@ def single_round(url: str, pipe: DigitPipeline, seconds: float, seed0: int) -> t
         while time.perf_counter() < stop_at or not service:
             engine.append(engine_batch_seconds(pipe, 1))
             t0 = time.perf_counter()
-            r = c.post("/generate", params={"label": len(service) % 10, "steps": STEPS, "seed": seed0 + len(service)})
+            r = c.post("/generate", params={"model": model, "label": len(service) % 10, "seed": seed0 + len(service)})
             if r.status_code != 200:
                 raise SystemExit(f"request failed: {r.status_code} {r.text[:300]}")
             service.append(time.perf_counter() - t0)
     return engine, service
 
 
-def warm_up(url: str, pipe: DigitPipeline) -> None:
+def warm_up(url: str, model: str, pipe: DigitPipeline) -> None:
     engine_batch_seconds(pipe, 1)
-    httpx.post(url + "/generate", params={"label": 0, "steps": STEPS}, timeout=600).raise_for_status()
+    httpx.post(url + "/generate", params={"model": model, "label": 0}, timeout=600).raise_for_status()
+
+
+def measure_level(url: str, model: str, pipe: DigitPipeline, clients: int, args, r: int, acc: dict) -> None:
+    """One round of one model at one level: the engine, then the service."""
+    if clients == 1:
+        e, s = single_round(url, model, pipe, args.seconds, seed0=r * 100_000)
+        acc["eng"] += e
+        acc["lat"] += s
+        acc["digits"] += len(s)
+        acc["wall"] += sum(s)
+        return
+    acc["eng"].append(engine_batch_seconds(pipe, clients))
+    res = service_round(url, model, clients, args.seconds, seed0=r * 100_000)
+    acc["digits"] += res["digits"]
+    acc["wall"] += res["wall_s"]
+    acc["lat"] += res["latencies"]
 
 
 def run(args) -> dict:
@@ -146,61 +165,72 @@ def run(args) -> dict:
         tmp = tempfile.TemporaryDirectory(prefix="digitgen-bench-")
         weights = Path(tmp.name)
         write_random_weights(weights)
-    pipe = DigitPipeline.from_pretrained(weights)  # the bench's own in-process engine
+    folders = {"base": weights, "fast": weights / "fast"}
+    pipes = {m: DigitPipeline.from_pretrained(folders[m]) for m in args.models}  # the bench's own engine
     server = None if args.url else LocalServer(weights, max_batch=max(LEVELS))
     url = args.url or server.url
+    rows = []
     try:
-        warm_up(url, pipe)
-        rows = []
+        for m, pipe in pipes.items():
+            warm_up(url, m, pipe)
         for clients in LEVELS:
-            eng, lat, digits, wall = [], [], 0, 0.0
-            for r in range(args.rounds):  # alternate engine and service
-                if clients == 1:
-                    e, s = single_round(url, pipe, args.seconds, seed0=r * 100_000)
-                    eng += e
-                    lat += s
-                    digits, wall = digits + len(s), wall + sum(s)
-                    continue
-                eng.append(engine_batch_seconds(pipe, clients))
-                res = service_round(url, clients, args.seconds, seed0=r * 100_000)
-                digits, wall = digits + res["digits"], wall + res["wall_s"]
-                lat += res["latencies"]
-            rows.append({
-                "clients": clients,
-                "service_digits_per_s": digits / wall,
-                "service_p50_s": float(np.percentile(lat, 50)),
-                "service_p95_s": float(np.percentile(lat, 95)),
-                "service_requests": digits,
-                "engine_batch_s": float(np.median(eng)),
-                "engine_batch_p95_s": float(np.percentile(eng, 95)),
-                "engine_digits_per_s": clients / float(np.median(eng)),
-            })
-            print(f"  measured {clients} client(s): {rows[-1]['service_digits_per_s']:.2f} digits/s", file=sys.stderr)
+            acc = {m: {"eng": [], "lat": [], "digits": 0, "wall": 0.0} for m in pipes}
+            for r in range(args.rounds):  # alternate engine and service, and the models
+                for m, pipe in pipes.items():
+                    measure_level(url, m, pipe, clients, args, r, acc[m])
+            for m, a in acc.items():
+                rows.append({
+                    "model": m, "clients": clients, "steps": pipes[m].defaults.num_inference_steps,
+                    "scheduler": pipes[m].defaults.scheduler,
+                    "service_digits_per_s": a["digits"] / a["wall"],
+                    "service_p50_s": float(np.percentile(a["lat"], 50)),
+                    "service_p95_s": float(np.percentile(a["lat"], 95)),
+                    "service_requests": a["digits"],
+                    "engine_batch_s": float(np.median(a["eng"])),
+                    "engine_batch_p95_s": float(np.percentile(a["eng"], 95)),
+                    "engine_digits_per_s": clients / float(np.median(a["eng"])),
+                })
+                print(f"  measured {m}, {clients} client(s): {rows[-1]['service_digits_per_s']:.2f} digits/s",
+                      file=sys.stderr)
     finally:
         if server:
             server.close()
         if tmp:
             tmp.cleanup()
-    by = {r["clients"]: r for r in rows}
-    single_s = by[1]["engine_batch_s"]  # median single-digit sampling time, measured alternately with level 1
-    ratios = [
-        ("service@16 / engine batch 16 throughput", by[16]["service_digits_per_s"] / by[16]["engine_digits_per_s"],
-         ">=", 0.8),
-        ("service@16 / service@1 throughput", by[16]["service_digits_per_s"] / by[1]["service_digits_per_s"],
-         ">=", 2.0),
-        ("p95 latency@1 / engine single digit", by[1]["service_p95_s"] / single_s, "<=", 1.3),
-    ]
+    by = {(r["model"], r["clients"]): r for r in rows}
+    ratios = []
+    for m in pipes:
+        single_s = by[m, 1]["engine_batch_s"]  # median single-digit sampling time, measured alternately with level 1
+        ratios += [
+            (f"{m}: service@16 / engine batch 16 throughput",
+             by[m, 16]["service_digits_per_s"] / by[m, 16]["engine_digits_per_s"], ">=", 0.8),
+            (f"{m}: service@16 / service@1 throughput",
+             by[m, 16]["service_digits_per_s"] / by[m, 1]["service_digits_per_s"], ">=", 2.0),
+            (f"{m}: p95 latency@1 / engine single digit", by[m, 1]["service_p95_s"] / single_s, "<=", 1.3),
+        ]
+    if {"base", "fast"} <= pipes.keys():
+        ratios += [
+            ("fast / base: one digit's p50 at 1 client", by["fast", 1]["service_p50_s"] / by["base", 1]["service_p50_s"],
+             "<=", 1 / 8),
+            ("fast / base: digits/s at 16 clients",
+             by["fast", 16]["service_digits_per_s"] / by["base", 16]["service_digits_per_s"], ">=", 6.0),
+        ]
     return {
         "weights": str(weights) if not args.random_init else "random init of engine/configs/unet_mnist.json",
-        "steps": STEPS, "rows": rows, "engine_single_digit_s": single_s,
-        "engine_single_digit_p95_s": by[1]["engine_batch_p95_s"],
-        "ratios": [{"metric": m, "value": v, "target": f"{op} {t}", "meets_target": bool(v >= t if op == ">=" else v <= t)}
+        "models": {m: {"steps": p.defaults.num_inference_steps, "scheduler": p.defaults.scheduler,
+                       "guidance_scale": p.defaults.guidance_scale} for m, p in pipes.items()},
+        "rows": rows,
+        "engine_single_digit_s": {m: by[m, 1]["engine_batch_s"] for m in pipes},
+        "engine_single_digit_p95_s": {m: by[m, 1]["engine_batch_p95_s"] for m in pipes},
+        "ratios": [{"metric": m, "value": v, "target": f"{op} {t:.3g}", "meets_target": bool(v >= t if op == ">=" else v <= t)}
                    for m, v, op, t in ratios],
         "settings": {"seconds_per_round": args.seconds, "rounds": args.rounds, "url": args.url},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "numpy": np.__version__, "load_avg": os.getloadavg(),
-                    "DIGITGEN_THREADS": os.environ.get("DIGITGEN_THREADS")},
+                    "DIGITGEN_THREADS": os.environ.get("DIGITGEN_THREADS"),
+                    "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+                    "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")},
     }
 
 
@@ -215,19 +245,22 @@ def write_random_weights(folder: Path) -> None:
 
 
 def print_table(info: dict) -> None:
-    print(f"\nweights: {info['weights']}; {info['steps']} steps; engine single digit "
-          f"{info['engine_single_digit_s']:.3f} s (p95 {info['engine_single_digit_p95_s']:.3f} s: the noise floor)")
-    head = (f"{'clients':>7} {'service digits/s':>17} {'p50 s':>8} {'p95 s':>8} {'requests':>9} "
+    models = ", ".join(f"{m}: {d['scheduler']} {d['steps']} steps, guidance {d['guidance_scale']:g}"
+                       for m, d in info["models"].items())
+    print(f"\nweights: {info['weights']} ({models})")
+    for m, s in info["engine_single_digit_s"].items():
+        print(f"engine single digit, {m}: {s:.3f} s (p95 {info['engine_single_digit_p95_s'][m]:.3f} s: the noise floor)")
+    head = (f"{'model':>5} {'clients':>7} {'service digits/s':>17} {'p50 s':>8} {'p95 s':>8} {'requests':>9} "
             f"{'engine batch digits/s':>22} {'service/engine':>15}")
     print(head)
     print("-" * len(head))
     for r in info["rows"]:
-        print(f"{r['clients']:>7} {r['service_digits_per_s']:>17.2f} {r['service_p50_s']:>8.3f} "
+        print(f"{r['model']:>5} {r['clients']:>7} {r['service_digits_per_s']:>17.2f} {r['service_p50_s']:>8.3f} "
               f"{r['service_p95_s']:>8.3f} {r['service_requests']:>9} {r['engine_digits_per_s']:>22.2f} "
               f"{r['service_digits_per_s'] / r['engine_digits_per_s']:>14.2f}x")
     print()
     for r in info["ratios"]:
-        print(f"{r['metric']:42} {r['value']:6.2f}x  target {r['target']:<7} "
+        print(f"{r['metric']:46} {r['value']:6.3f}x  target {r['target']:<7} "
               f"{'ok' if r['meets_target'] else 'MISS'}")
 
 
@@ -239,19 +272,36 @@ def main(argv=None) -> int:
     p.add_argument("--url", help="benchmark this running server instead of starting one (it must serve --weights)")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per service round")
     p.add_argument("--rounds", type=int, default=2, help="engine/service rounds per level")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s")
-    p.add_argument("--json", default=str(ROOT / "bench" / "results" / "service.json"))
+    p.add_argument("--model", default="base,fast",
+                   help="the models to measure, side by side: base, fast or base,fast (default; base alone when "
+                        "WEIGHTS/fast is missing)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s; writes JSON only with --json")
+    p.add_argument("--json", help="where to write the result (default: bench/results/service.json, "
+                                  "except for --quick)")
     args = p.parse_args(argv)
     runtime.configure()  # the engine's threads, as the service runs them
     if args.quick:
         args.seconds, args.rounds = 3.0, 1
+    if args.json is None and not args.quick:
+        args.json = str(ROOT / "bench" / "results" / "service.json")
     if not args.random_init and not Path(args.weights).is_dir():
         print(f"error: weights folder not found: {args.weights} (train first, pass --weights, or use --random-init)",
               file=sys.stderr)
         return 2
+    args.models = [m.strip() for m in args.model.split(",") if m.strip()]
+    if not args.models or not set(args.models) <= {"base", "fast"}:
+        print(f"error: --model takes base, fast or base,fast, not {args.model!r}", file=sys.stderr)
+        return 2
+    has_fast = not args.random_init and (Path(args.weights) / "fast").is_dir()
+    if "fast" in args.models and not has_fast:
+        if args.model != "base,fast":
+            print(f"error: --model fast needs {Path(args.weights) / 'fast'}", file=sys.stderr)
+            return 2
+        args.models = ["base"]
     info = run(args)
     print_table(info)
-    write_json(args.json, info)
+    if args.json:
+        write_json(args.json, info)
     return 0
 
 

@@ -29,9 +29,20 @@ TINY_UNET = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channe
 TINY_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"}
 
 
-def make_tiny_weights(folder: Path) -> Path:
+TINY_FAST_SCHEDULER = {"_class_name": "LCMScheduler", **TINY_SCHEDULER, "original_inference_steps": 50,
+                       "clip_sample": True}
+
+
+def make_tiny_weights(folder: Path, fast: bool = True) -> Path:
+    """A tiny base model, and beside it in fast/ a tiny stand-in for the
+    distilled model (random weights, but its real scheduler: LCM)."""
     DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0)), TINY_SCHEDULER,
                   SamplingDefaults()).save_pretrained(folder)
+    if fast:
+        DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(1)), TINY_FAST_SCHEDULER,
+                      SamplingDefaults(scheduler="lcm", num_inference_steps=4, guidance_scale=1.0,
+                                       distilled_guidance_scale=1.5)
+                      ).save_pretrained(folder / "fast")
     return folder
 
 
@@ -76,7 +87,10 @@ def service_command(port: int) -> list[str]:
 
 
 def service_env(weights: Path, **settings) -> dict:
-    env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "PYTHONUNBUFFERED": "1"}
+    """The environment of a test server: base is the default model unless a
+    test says otherwise (the tests predate the fast model and ask base's
+    samplers without naming a model)."""
+    env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "PYTHONUNBUFFERED": "1", "DIGITGEN_DEFAULT_MODEL": "base"}
     env.update({f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 

@@ -34,3 +34,24 @@ def test_ablation_bench_smoke_and_shipped_variants_are_batch_invariant(tmp_path)
     assert by["engine"]["batch_invariant"] and by["no shards"]["batch_invariant"]
     assert by["untiled chunks"]["batch_invariant"]
     assert "a sample's bits as alone" in stdout
+
+
+def test_service_bench_smoke_measures_both_models(tiny_weights, tmp_path):
+    out = tmp_path / "service.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "service.py"), "--weights", str(tiny_weights),
+                           "--quick", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(out.read_text())
+    assert {(r["model"], r["clients"]) for r in info["rows"]} == {(m, c) for m in ("base", "fast") for c in (1, 4, 16)}
+    assert info["models"]["fast"]["scheduler"] == "lcm" and info["models"]["base"]["steps"] == 20
+    assert {"fast / base: one digit's p50 at 1 client", "fast / base: digits/s at 16 clients"} <= {
+        r["metric"] for r in info["ratios"]}
+
+
+def test_a_quick_service_bench_does_not_replace_the_recorded_result(tiny_weights, tmp_path):
+    recorded = ROOT / "bench" / "results" / "service.json"
+    before = recorded.read_bytes()
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "service.py"), "--weights", str(tiny_weights),
+                           "--quick", "--model", "fast"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert recorded.read_bytes() == before

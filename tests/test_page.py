@@ -60,11 +60,43 @@ def test_page_streams_frames_and_draws_the_digit(browser, server, tmp_path):
 
     # a parameter the server refuses shows its message
     page.fill("#seed", "")
-    page.evaluate("document.querySelector('#steps').removeAttribute('max')")
-    page.fill("#steps", "1000")
     page.select_option("#scheduler", "dpm")
+    page.evaluate("document.querySelector('#steps').removeAttribute('max')")  # past the page's own check
+    page.fill("#steps", "1000")
     page.click("#go")
     page.wait_for_function("document.body.dataset.state === 'error'", timeout=20000)
     assert "422" in page.inner_text("#error") and "steps" in page.inner_text("#error")
+    assert errors == []
+    page.close()
+
+
+@pytest.mark.browser
+def test_model_toggle_switches_defaults_and_limits_and_runs_the_fast_model(browser, server):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelector('#model').options.length === 2")
+    assert page.input_value("#model") == "base"  # the server's default
+    assert page.get_attribute("#steps", "max") == "999"  # DPM-Solver++'s real limit
+    page.select_option("#scheduler", "ddim")
+    assert page.get_attribute("#steps", "max") == "1000"
+
+    page.select_option("#model", "fast")
+    assert page.input_value("#steps") == "4" and page.get_attribute("#steps", "max") == "50"
+    assert page.eval_on_selector_all("#scheduler option", "os => os.map(o => o.value)") == ["lcm"]
+    assert page.is_disabled("#guidance") and "built in" in page.inner_text("#guidance-out")
+    page.click("#digits button[data-digit='3']")
+    page.fill("#seed", "77")
+    page.click("#go")
+    page.wait_for_function("document.body.dataset.state === 'done'", timeout=30000)
+    assert page.eval_on_selector("#viewer", "v => Number(v.dataset.frames)") == 4
+    meta = page.inner_text("#result-meta")
+    assert "fast model" in meta and "lcm, 4 steps" in meta and "seed 77" in meta
+    assert "model=fast" in page.get_attribute("#dl-gif", "href")
+
+    page.select_option("#model", "base")  # and back: base's defaults again
+    assert page.input_value("#steps") == "20" and page.input_value("#scheduler") == "dpm"
+    assert not page.is_disabled("#guidance")
     assert errors == []
     page.close()

@@ -2,6 +2,7 @@
 tools/make_scheduler_fixtures.py) plus behaviour and error checks."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from engine.schedulers import (
-    DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler, SchedulerOutput, make_scheduler,
+    DDIMConfig, DDIMScheduler, DDPMConfig, DDPMScheduler, DPMSolverConfig, DPMSolverMultistepScheduler, LCMConfig,
+    LCMScheduler, SchedulerOutput, make_scheduler,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schedulers.npz"
@@ -18,6 +20,7 @@ with np.load(FIXTURE, allow_pickle=False) as _npz:
     DATA = {key: _npz[key] for key in _npz.files}
 
 CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
+CONFIGS = {"ddpm": DDPMConfig, "ddim": DDIMConfig, "dpm": DPMSolverConfig, "lcm": LCMConfig}
 CASES = sorted(k[: -len("/config")] for k in DATA if k.endswith("/config"))
 RUN_CASES = [c for c in CASES if f"{c}/init" in DATA]
 ADD_NOISE_CASES = sorted(k[: -len("/noisy")] for k in DATA if k.endswith("/add_noise/noisy"))
@@ -370,6 +373,54 @@ def test_config_round_trips_through_json(kind):
     sched = make_scheduler(kind, num_train_timesteps=500, beta_schedule="scaled_linear")
     again = CLASSES[kind].from_config(json.loads(json.dumps(sched.config)))
     assert again.config == sched.config
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_defaults_come_from_the_config_dataclass(kind):
+    cls, config_cls = CLASSES[kind], CONFIGS[kind]
+    assert cls.config_class is config_cls
+    expected = {"_class_name": cls._class_name, **dataclasses.asdict(config_cls())}
+    assert cls().config == expected
+    assert list(cls().config) == list(expected)  # "_class_name" first, then diffusers' order
+    assert cls._fields == {k: v for k, v in expected.items() if k != "_class_name"}
+    assert cls(config_cls()).config == expected
+
+
+@pytest.mark.parametrize("kind,key", [(kind, key) for kind in sorted(CONFIGS) for key in CONFIGS[kind].UNSUPPORTED])
+def test_unsupported_value_raises_with_its_reason(kind, key):
+    config_cls = CONFIGS[kind]
+    assert config_cls.defaults()[key] is False  # every unsupported key is a feature switch, off
+    reason = config_cls.UNSUPPORTED[key]
+    message = f"{key}=True is not supported by digitgen's {config_cls._class_name} ({reason}); only False is"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_cls(**{key: True})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_scheduler(kind, **{key: True})
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_config_dataclass_round_trips_through_json(kind):
+    config_cls = CONFIGS[kind]
+    betas = np.linspace(1e-4, 0.02, 50)  # numpy in: plain Python stored, a tuple so the config stays frozen
+    cfg = config_cls(num_train_timesteps=50, trained_betas=betas, beta_start=np.float32(0.5), steps_offset=np.int64(1))
+    assert cfg.trained_betas == tuple(betas.tolist()) and type(cfg.beta_start) is float
+    assert type(cfg.steps_offset) is int
+    again = config_cls.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and hash(again) == hash(cfg)
+    assert CLASSES[kind](cfg).config == {"_class_name": config_cls._class_name, **cfg.to_dict()}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.num_train_timesteps = 10
+
+
+def test_scheduler_takes_its_own_config_or_keywords():
+    assert DDPMScheduler(DDPMConfig(clip_sample=False)).config == DDPMScheduler(clip_sample=False).config
+    with pytest.raises(ValueError, match="takes a DDPMConfig, got DDIMConfig"):
+        DDPMScheduler(DDIMConfig())
+    with pytest.raises(ValueError, match="not both"):
+        DDPMScheduler(DDPMConfig(), clip_sample=False)
+    with pytest.raises(ValueError, match="unknown config key 'variance_type' for DDIMScheduler"):
+        DDIMConfig.from_dict({"variance_type": "fixed_small"})  # a sibling's key: only from_config skips it
+    assert DDIMConfig.from_dict({"variance_type": "fixed_small"}, ignore_siblings=True) == DDIMConfig()
 
 
 @pytest.mark.parametrize("kind", sorted(CLASSES))

@@ -6,7 +6,7 @@
 const $ = (sel) => document.querySelector(sel);
 const png = (b64) => "data:image/png;base64," + b64;
 const ui = {
-  form: $("#controls"), digits: $("#digits"), steps: $("#steps"), scheduler: $("#scheduler"),
+  form: $("#controls"), digits: $("#digits"), model: $("#model"), steps: $("#steps"), scheduler: $("#scheduler"),
   guidance: $("#guidance"), seed: $("#seed"), every: $("#every"), go: $("#go"), stop: $("#stop"),
   xt: $("#xt"), x0: $("#x0"), progress: $("#progress"), status: $("#status"), error: $("#error"),
   viewer: $("#viewer"), result: $("#result"), final: $("#final"), meta: $("#result-meta"),
@@ -15,6 +15,10 @@ const ui = {
 let label = 5;
 let source = null;   // the open EventSource
 let last = null;     // parameters + seed of the last finished generation
+let models = {};     // /info's description of each loaded model
+const MODEL_NAMES = {fast: "Fast: distilled, a few steps", base: "Base: diffusion model"};
+const SCHEDULER_NAMES = {dpm: "DPM-Solver++ (fast)", ddim: "DDIM (deterministic)", ddpm: "DDPM (stochastic)",
+                         lcm: "LCM (consistency)"};
 
 function setState(state, text) {
   document.body.dataset.state = state;
@@ -35,7 +39,8 @@ function pickDigit(d) {
 }
 
 function params() {
-  const p = {label, steps: ui.steps.value, scheduler: ui.scheduler.value, guidance_scale: ui.guidance.value};
+  const p = {model: ui.model.value, label, steps: ui.steps.value, scheduler: ui.scheduler.value};
+  if (!ui.guidance.disabled) p.guidance_scale = ui.guidance.value;
   if (ui.seed.value !== "") p.seed = ui.seed.value;
   return p;
 }
@@ -94,9 +99,10 @@ function start() {
 function finish(d, ms) {
   ui.final.src = png(d.image);
   ui.progress.value = 1;
-  last = {label: d.label, steps: d.steps, scheduler: d.scheduler, guidance_scale: d.guidance_scale, seed: d.seed};
-  ui.meta.textContent = `Digit ${d.label} · seed ${d.seed} · ${d.scheduler}, ${d.steps} steps, guidance ` +
-    `${d.guidance_scale} · ${(ms / 1000).toFixed(2)} s (queued ${(d.queue_ms / 1000).toFixed(2)} s)`;
+  last = {model: d.model, label: d.label, steps: d.steps, scheduler: d.scheduler, guidance_scale: d.guidance_scale,
+          seed: d.seed};
+  ui.meta.textContent = `Digit ${d.label} · ${d.model} model · seed ${d.seed} · ${d.scheduler}, ${d.steps} steps, ` +
+    `guidance ${d.guidance_scale} · ${(ms / 1000).toFixed(2)} s (queued ${(d.queue_ms / 1000).toFixed(2)} s)`;
   ui.result.hidden = false;
   updateGifLink();
   addHistory(d);
@@ -174,6 +180,7 @@ function addHistory(d) {
     "\nclick to use these settings";
   img.addEventListener("click", () => {
     pickDigit(d.label);
+    if (models[d.model]) { ui.model.value = d.model; applyModel(d.model); }
     ui.steps.value = d.steps;
     ui.scheduler.value = d.scheduler;
     ui.guidance.value = d.guidance_scale;
@@ -186,8 +193,29 @@ function addHistory(d) {
   ui.history.hidden = false;
 }
 
+// Steps, sampler and guidance as the chosen model takes them: its samplers,
+// its defaults, its real step limit (e.g. DPM-Solver++ 999, LCM 50).
+function applyModel(name) {
+  const m = models[name];
+  if (!m) return;
+  ui.scheduler.replaceChildren(...m.schedulers.map((s) => new Option(SCHEDULER_NAMES[s] || s, s)));
+  ui.scheduler.value = m.defaults.scheduler;
+  ui.steps.value = m.defaults.num_inference_steps;
+  const built = m.defaults.distilled_guidance_scale;
+  ui.guidance.disabled = built != null;
+  ui.guidance.value = built != null ? built : m.defaults.guidance_scale;
+  applyLimits();
+  syncOutputs();
+}
+
+function applyLimits() {
+  const m = models[ui.model.value];
+  if (m) ui.steps.max = m.limits.max_steps[ui.scheduler.value];
+}
+
 function syncOutputs() {
-  $("#guidance-out").textContent = Number(ui.guidance.value).toFixed(2);
+  const built = models[ui.model.value]?.defaults.distilled_guidance_scale;
+  $("#guidance-out").textContent = Number(ui.guidance.value).toFixed(2) + (built != null ? " (built in)" : "");
   $("#every-out").textContent = ui.every.value === "1" ? "step" : `${ui.every.value} steps`;
 }
 
@@ -196,9 +224,11 @@ async function loadInfo() {
     const r = await fetch("/info");
     if (!r.ok) throw new Error(`${r.status}`);
     const info = await r.json();
-    ui.steps.value = info.defaults.num_inference_steps;
-    ui.scheduler.value = info.defaults.scheduler;
-    ui.guidance.value = info.defaults.guidance_scale;
+    models = info.models;
+    ui.model.replaceChildren(...Object.keys(models).sort().reverse()
+      .map((name) => new Option(MODEL_NAMES[name] || name, name)));
+    ui.model.value = info.default_model;
+    applyModel(info.default_model);
     $("#model-info").textContent = `${info.model.parameters.toLocaleString()} parameters, ` +
       `${info.model.sample_shape.slice(1).join("×")} samples`;
   } catch (err) {
@@ -221,6 +251,8 @@ for (let d = 0; d < 10; d++) {
 pickDigit(label);
 ui.form.addEventListener("submit", (e) => { e.preventDefault(); start(); });
 ui.form.addEventListener("input", syncOutputs);
+ui.model.addEventListener("change", () => applyModel(ui.model.value));
+ui.scheduler.addEventListener("change", applyLimits);
 ui.stop.addEventListener("click", () => stop());
 $("#dice").addEventListener("click", () => { ui.seed.value = Math.floor(Math.random() * 2 ** 32); });
 ui.dlPng.addEventListener("click", downloadPng);

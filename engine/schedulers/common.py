@@ -1,5 +1,5 @@
-"""Pieces shared by the schedulers: beta schedules, timestep spacing, config
-handling, argument checks and noise drawing.
+"""Pieces shared by the schedulers: beta schedules, timestep spacing,
+argument checks and noise drawing (config handling is in config.py).
 
 Numbers follow diffusers' float32 torch code: the schedule tables are built
 so that they equal diffusers' tensors bit for bit (see `_linspace_f32`), and
@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
 
 class SchedulerOutput(NamedTuple):
     prev_sample: np.ndarray
@@ -82,14 +77,14 @@ def _schedule_tables(num_train_timesteps: int, beta_start: float, beta_end: floa
     return betas, alphas_cumprod
 
 
-def schedule_key(config: Mapping[str, Any]) -> tuple:
-    """The config entries the beta schedule depends on, hashable."""
-    tb = config["trained_betas"]
-    return (config["num_train_timesteps"], config["beta_start"], config["beta_end"],
-            config["beta_schedule"], None if tb is None else tuple(tb))
+def schedule_key(config) -> tuple:
+    """The fields of a SchedulerConfig the beta schedule depends on (hashable:
+    the config keeps trained_betas as a tuple)."""
+    return (config.num_train_timesteps, config.beta_start, config.beta_end, config.beta_schedule,
+            config.trained_betas)
 
 
-def schedule_tables(config: Mapping[str, Any]):
+def schedule_tables(config):
     return _schedule_tables(*schedule_key(config))
 
 
@@ -188,133 +183,3 @@ def draw_noise(shape: tuple, generator: np.random.Generator | None,
     elif not isinstance(generator, np.random.Generator):
         raise ValueError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
     return generator.standard_normal(shape, dtype=np.float32)
-
-
-# ---------------------------------------------------------------------------
-# Config handling
-# ---------------------------------------------------------------------------
-def check_choice(name: str, value: Any, allowed) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def check_float(name: str, value: Any, positive: bool = False) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)) \
-            or math.isnan(value) or (positive and not value > 0):
-        raise ValueError(f"{name} must be a {'positive ' if positive else ''}number, got {value!r}")
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly Python value (numpy scalars/arrays -> int/float/list)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-class ConfigMixin:
-    """diffusers-style `config` dict and `from_config`.
-
-    Subclasses list, in `_fields`, every key diffusers writes for that class
-    with its default; `_unsupported` names keys we accept only at that
-    default (so diffusers configs load, but e.g. thresholding=True fails).
-    """
-
-    _class_name: str
-    _fields: dict[str, Any]
-    _unsupported: dict[str, str] = {}
-
-    def _register_config(self, given: dict[str, Any], extra: dict[str, Any]) -> None:
-        cls = type(self)
-        unknown = sorted(k for k in extra if not k.startswith("_"))
-        for key in unknown:
-            if key not in cls._fields:
-                raise ValueError(
-                    f"unknown config key {key!r} for {cls._class_name}; allowed keys: {sorted(cls._fields)}")
-        config = {"_class_name": cls._class_name}
-        for key, default in cls._fields.items():
-            value = _plain(given[key] if key in given else extra.get(key, default))
-            if key in cls._unsupported and value != default:
-                raise ValueError(f"{key}={value!r} is not supported by digitgen's {cls._class_name} "
-                                 f"({cls._unsupported[key]}); only {default!r} is")
-            config[key] = value
-        self.config = config
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides):
-        """Build from a diffusers scheduler_config.json dict.
-
-        Keys starting with "_" are ignored; so are keys that belong to one of
-        the sibling schedulers but not this one (diffusers' from_config does
-        the same, which is what makes `DDIMScheduler.from_config(ddpm.config)`
-        work). Any other key is an error.
-        """
-        if not isinstance(config, Mapping):
-            raise ValueError(f"config must be a dict, got {type(config).__name__}")
-        merged = {**config, **overrides}
-        kwargs = {}
-        for key, value in merged.items():
-            if key.startswith("_"):
-                continue
-            if key in cls._fields:
-                kwargs[key] = value
-            elif key not in _ALL_KNOWN_KEYS:
-                raise ValueError(
-                    f"unknown config key {key!r} for {cls._class_name}; allowed keys: {sorted(cls._fields)}")
-        return cls(**kwargs)
-
-    def __len__(self) -> int:
-        return self.config["num_train_timesteps"]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
-
-
-# Filled by each scheduler module when it defines its class.
-_ALL_KNOWN_KEYS: set[str] = set()
-
-
-def register_known_keys(fields: Mapping[str, Any]) -> None:
-    _ALL_KNOWN_KEYS.update(fields)
-
-
-# diffusers fields common to all three schedulers that we accept only at
-# their default value.
-COMMON_UNSUPPORTED = {
-    "thresholding": "dynamic thresholding is not implemented",
-    "rescale_betas_zero_snr": "zero-terminal-SNR rescaling is not implemented",
-}
-
-
-def validate_common(config: Mapping[str, Any]) -> None:
-    """Checks shared by all schedulers, then builds (and caches) the tables."""
-    check_int("num_train_timesteps", config["num_train_timesteps"], 1)
-    check_float("beta_start", config["beta_start"])
-    check_float("beta_end", config["beta_end"])
-    check_choice("beta_schedule", config["beta_schedule"], BETA_SCHEDULES)
-    check_choice("timestep_spacing", config["timestep_spacing"], TIMESTEP_SPACINGS)
-    check_choice("prediction_type", config["prediction_type"], PREDICTION_TYPES)
-    check_int("steps_offset", config["steps_offset"], 0)
-    check_float("dynamic_thresholding_ratio", config["dynamic_thresholding_ratio"])
-    check_float("sample_max_value", config["sample_max_value"])
-    tb = config["trained_betas"]
-    if tb is not None:
-        if not isinstance(tb, list) or not all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) for b in tb):
-            raise ValueError("trained_betas must be a list of numbers or None")
-        if len(tb) != config["num_train_timesteps"]:
-            raise ValueError(f"trained_betas has {len(tb)} entries but "
-                             f"num_train_timesteps={config['num_train_timesteps']}")

@@ -1,46 +1,39 @@
 """DDIM sampler (Song et al. 2020), mirroring diffusers' DDIMScheduler."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (
-    COMMON_UNSUPPORTED, ConfigMixin, SchedulerOutput, as_f32, as_timestep, check_bool, check_float, draw_noise,
-    f32, register_known_keys, validate_common,
-)
-from .ddpm import NoiseTableMixin
+from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32
+from .config import ConfigMixin, SchedulerConfig, check_bool, check_float
+from .noise_table import NoiseTableMixin
 
 
-class DDIMScheduler(NoiseTableMixin, ConfigMixin):
+@dataclass(frozen=True)
+class DDIMConfig(SchedulerConfig):
+    """diffusers' DDIMScheduler config: SchedulerConfig's keys and these, in
+    diffusers' relative order, with diffusers' defaults."""
     _class_name = "DDIMScheduler"
-    order = 1
-    _fields = {
-        "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-        "trained_betas": None, "clip_sample": True, "set_alpha_to_one": True, "steps_offset": 0,
-        "prediction_type": "epsilon", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
-        "clip_sample_range": 1.0, "sample_max_value": 1.0, "timestep_spacing": "leading",
-        "rescale_betas_zero_snr": False,
-    }
-    _unsupported = COMMON_UNSUPPORTED
+    clip_sample: bool = True
+    set_alpha_to_one: bool = True
+    clip_sample_range: float = 1.0
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
-                 beta_schedule: str = "linear", clip_sample: bool = True, prediction_type: str = "epsilon",
-                 clip_sample_range: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
-                 set_alpha_to_one: bool = True, trained_betas=None, **ignored_underscore_keys: Any):
-        given = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                     beta_schedule=beta_schedule, clip_sample=clip_sample, prediction_type=prediction_type,
-                     clip_sample_range=clip_sample_range, timestep_spacing=timestep_spacing,
-                     steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one, trained_betas=trained_betas)
-        self._register_config(given, ignored_underscore_keys)
-        cfg = self.config
-        validate_common(cfg)
-        check_bool("clip_sample", cfg["clip_sample"])
-        check_float("clip_sample_range", cfg["clip_sample_range"], positive=True)
-        check_bool("set_alpha_to_one", cfg["set_alpha_to_one"])
-        self._init_schedule(cfg)
+    def validate(self) -> None:
+        super().validate()
+        check_bool("clip_sample", self.clip_sample)
+        check_float("clip_sample_range", self.clip_sample_range, positive=True)
+        check_bool("set_alpha_to_one", self.set_alpha_to_one)
+
+
+class DDIMScheduler(NoiseTableMixin, ConfigMixin, config=DDIMConfig):
+    order = 1
+
+    def __init__(self, config: DDIMConfig | None = None, **kwargs):
+        super().__init__(config, **kwargs)
+        self._init_schedule()
         # abar used for the "previous" step of the last step, where there is none
-        self.final_alpha_cumprod = f32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self.final_alpha_cumprod = f32(1.0) if self.settings.set_alpha_to_one else self.alphas_cumprod[0]
 
     def previous_timestep(self, timestep) -> int:
         """t - T // n, whatever the spacing: that is what diffusers' DDIM
@@ -48,13 +41,13 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin):
         does not land exactly on the next listed timestep."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step()")
-        t = as_timestep(timestep, self.config["num_train_timesteps"])
-        return t - self.config["num_train_timesteps"] // self.num_inference_steps
+        t = as_timestep(timestep, self.settings.num_train_timesteps)
+        return t - self.settings.num_train_timesteps // self.num_inference_steps
 
     def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
              generator: np.random.Generator | None = None,
              variance_noise: np.ndarray | None = None) -> SchedulerOutput:
-        cfg = self.config
+        cfg = self.settings
         model_output = as_f32(model_output, "model_output")
         sample = as_f32(sample, "sample")
         if model_output.shape != sample.shape:
@@ -63,7 +56,7 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin):
         if not 0.0 <= eta <= 1.0:
             # eta > 1 can make 1 - abar_prev - sigma^2 negative (NaN in diffusers)
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        t = as_timestep(timestep, cfg["num_train_timesteps"])
+        t = as_timestep(timestep, cfg.num_train_timesteps)
         prev_t = self.previous_timestep(t)
 
         # float32 scalars in diffusers' order of operations (see ddpm.py)
@@ -73,7 +66,7 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin):
         beta_prod_t = one - alpha_prod_t
 
         # x0 and epsilon from the model output (formula 12 of the DDIM paper)
-        pt = cfg["prediction_type"]
+        pt = cfg.prediction_type
         if pt == "epsilon":
             x0 = (sample - np.sqrt(beta_prod_t) * model_output) / np.sqrt(alpha_prod_t)
             eps = model_output
@@ -83,8 +76,8 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin):
         else:  # sample
             x0 = model_output.copy()
             eps = (sample - np.sqrt(alpha_prod_t) * x0) / np.sqrt(beta_prod_t)
-        if cfg["clip_sample"]:
-            r = f32(cfg["clip_sample_range"])
+        if cfg.clip_sample:
+            r = f32(cfg.clip_sample_range)
             x0 = np.clip(x0, -r, r)
 
         # sigma_t(eta), formula 16
@@ -102,5 +95,3 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin):
             prev_sample = prev_sample + std_dev * noise
         return SchedulerOutput(prev_sample.astype(np.float32, copy=False), x0.astype(np.float32, copy=False))
 
-
-register_known_keys(DDIMScheduler._fields)

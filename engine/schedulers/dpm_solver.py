@@ -6,16 +6,16 @@ counter, so use one instance per sampling run; set_timesteps() resets it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
 from .common import (
-    COMMON_UNSUPPORTED, ConfigMixin, SchedulerOutput, _schedule_tables, as_f32, as_timestep,
-    as_timestep_array, check_bool, check_choice, check_float, check_int, check_num_inference_steps, f32,
-    per_sample, register_known_keys, schedule_key, validate_common,
+    SchedulerOutput, _schedule_tables, as_f32, as_timestep, as_timestep_array, check_num_inference_steps, f32,
+    per_sample, schedule_key,
 )
+from .config import ConfigMixin, SchedulerConfig, check_bool, check_choice, check_float, check_int
 
 # A DDPM config carries a fixed_* variance_type; diffusers' DPM ignores it.
 _IGNORED_VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
@@ -45,22 +45,13 @@ def _lambda(alpha_t, sigma_t):
         return np.log(alpha_t) - np.log(sigma_t)
 
 
-class DPMSolverMultistepScheduler(ConfigMixin):
+@dataclass(frozen=True)
+class DPMSolverConfig(SchedulerConfig):
+    """diffusers' DPMSolverMultistepScheduler config: SchedulerConfig's keys and these, in
+    diffusers' relative order, with diffusers' defaults."""
     _class_name = "DPMSolverMultistepScheduler"
-    order = 1
-    _fields = {
-        "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-        "trained_betas": None, "solver_order": 2, "prediction_type": "epsilon", "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "algorithm_type": "dpmsolver++",
-        "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False,
-        "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
-        "use_lu_lambdas": False, "use_flow_sigmas": False, "flow_shift": 1.0, "final_sigmas_type": "zero",
-        "lambda_min_clipped": -float("inf"), "variance_type": None, "timestep_spacing": "linspace",
-        "steps_offset": 0, "rescale_betas_zero_snr": False, "use_dynamic_shifting": False,
-        "time_shift_type": "exponential",
-    }
-    _unsupported = {
-        **COMMON_UNSUPPORTED,
+    UNSUPPORTED = {
+        **SchedulerConfig.UNSUPPORTED,
         "use_karras_sigmas": "only the plain sigma schedule is implemented",
         "use_exponential_sigmas": "only the plain sigma schedule is implemented",
         "use_beta_sigmas": "only the plain sigma schedule is implemented",
@@ -68,72 +59,83 @@ class DPMSolverMultistepScheduler(ConfigMixin):
         "use_flow_sigmas": "flow-matching models are not supported",
         "use_dynamic_shifting": "flow-matching models are not supported",
     }
+    timestep_spacing: str = "linspace"  # differs from SchedulerConfig's
+    solver_order: int = 2
+    algorithm_type: str = "dpmsolver++"
+    solver_type: str = "midpoint"
+    lower_order_final: bool = True
+    euler_at_final: bool = False
+    use_karras_sigmas: bool = False
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
+    use_lu_lambdas: bool = False
+    use_flow_sigmas: bool = False
+    flow_shift: float = 1.0
+    final_sigmas_type: str = "zero"
+    lambda_min_clipped: float = -float("inf")
+    variance_type: str | None = None
+    use_dynamic_shifting: bool = False
+    time_shift_type: str = "exponential"
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
-                 beta_schedule: str = "linear", solver_order: int = 2, prediction_type: str = "epsilon",
-                 algorithm_type: str = "dpmsolver++", solver_type: str = "midpoint",
-                 lower_order_final: bool = True, euler_at_final: bool = False, final_sigmas_type: str = "zero",
-                 lambda_min_clipped: float = -float("inf"), timestep_spacing: str = "linspace",
-                 steps_offset: int = 0, trained_betas=None, **ignored_underscore_keys: Any):
-        given = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                     beta_schedule=beta_schedule, solver_order=solver_order, prediction_type=prediction_type,
-                     algorithm_type=algorithm_type, solver_type=solver_type, lower_order_final=lower_order_final,
-                     euler_at_final=euler_at_final, final_sigmas_type=final_sigmas_type,
-                     lambda_min_clipped=lambda_min_clipped, timestep_spacing=timestep_spacing,
-                     steps_offset=steps_offset, trained_betas=trained_betas)
-        self._register_config(given, ignored_underscore_keys)
-        cfg = self.config
-        validate_common(cfg)
-        check_int("solver_order", cfg["solver_order"], 1)
-        if cfg["solver_order"] > 3:
-            raise ValueError(f"solver_order must be 1, 2 or 3, got {cfg['solver_order']}")
+    def validate(self) -> None:
+        super().validate()
+        check_int("solver_order", self.solver_order, 1)
+        if self.solver_order > 3:
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order}")
         # the SDE variants need noise per step and "dpmsolver" is deprecated upstream
-        check_choice("algorithm_type", cfg["algorithm_type"], ("dpmsolver++",))
-        check_choice("solver_type", cfg["solver_type"], ("midpoint", "heun"))
-        check_choice("final_sigmas_type", cfg["final_sigmas_type"], ("zero", "sigma_min"))
-        check_bool("lower_order_final", cfg["lower_order_final"])
-        check_bool("euler_at_final", cfg["euler_at_final"])
-        check_float("lambda_min_clipped", cfg["lambda_min_clipped"])
-        check_float("flow_shift", cfg["flow_shift"])
-        if not isinstance(cfg["time_shift_type"], str):
-            raise ValueError(f"time_shift_type must be a string, got {cfg['time_shift_type']!r}")
-        if cfg["variance_type"] not in _IGNORED_VARIANCE_TYPES:
-            raise ValueError(f"variance_type={cfg['variance_type']!r} is not supported (learned variances "
+        check_choice("algorithm_type", self.algorithm_type, ("dpmsolver++",))
+        check_choice("solver_type", self.solver_type, ("midpoint", "heun"))
+        check_choice("final_sigmas_type", self.final_sigmas_type, ("zero", "sigma_min"))
+        check_bool("lower_order_final", self.lower_order_final)
+        check_bool("euler_at_final", self.euler_at_final)
+        check_float("lambda_min_clipped", self.lambda_min_clipped)
+        check_float("flow_shift", self.flow_shift)
+        if not isinstance(self.time_shift_type, str):
+            raise ValueError(f"time_shift_type must be a string, got {self.time_shift_type!r}")
+        if self.variance_type not in _IGNORED_VARIANCE_TYPES:
+            raise ValueError(f"variance_type={self.variance_type!r} is not supported (learned variances "
                              "need a model with twice the channels); use None")
-        key = schedule_key(cfg)
+
+
+class DPMSolverMultistepScheduler(ConfigMixin, config=DPMSolverConfig):
+    order = 1
+
+    def __init__(self, config: DPMSolverConfig | None = None, **kwargs):
+        super().__init__(config, **kwargs)
+        key = schedule_key(self.settings)
         self.betas, self.alphas_cumprod = _schedule_tables(*key)
         self._train_sigmas, self._train_lambdas = _vp_tables(key)
 
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
-        self.timesteps = np.arange(cfg["num_train_timesteps"] - 1, -1, -1, dtype=np.int64)
+        self.timesteps = np.arange(self.settings.num_train_timesteps - 1, -1, -1, dtype=np.int64)
         self.sigmas: np.ndarray | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self.model_outputs: list[np.ndarray | None] = [None] * self.config["solver_order"]
+        self.model_outputs: list[np.ndarray | None] = [None] * self.settings.solver_order
         self.lower_order_nums = 0
         self.step_index: int | None = None
 
     def _timesteps(self, n: int) -> np.ndarray:
         """The timestep list for n steps, as diffusers spaces it; ValueError
         where that list would leave [0, T) or repeat a timestep."""
-        cfg = self.config
-        T = cfg["num_train_timesteps"]
+        cfg = self.settings
+        T = cfg.num_train_timesteps
         # lambda_min_clipped trims the noisiest steps (useful for the cosine schedule)
-        clipped = int(np.searchsorted(self._train_lambdas[::-1], cfg["lambda_min_clipped"]))
+        clipped = int(np.searchsorted(self._train_lambdas[::-1], cfg.lambda_min_clipped))
         last = T - clipped
-        spacing = cfg["timestep_spacing"]
+        spacing = cfg.timestep_spacing
         if spacing == "linspace":
             ts = np.linspace(0, last - 1, n + 1).round()[::-1][:-1].astype(np.int64)
         elif spacing == "leading":
             ts = (np.arange(n + 1) * (last // (n + 1))).round()[::-1][:-1].astype(np.int64)
-            ts = ts + cfg["steps_offset"]
+            ts = ts + cfg.steps_offset
         else:  # trailing; the ratio uses T, not `last`, as in diffusers
             ts = np.arange(last, 0, -T / n).round().astype(np.int64) - 1
         if ts.size == 0 or ts.max() >= T or ts.min() < 0:
             raise ValueError(f"num_inference_steps={n} with timestep_spacing={spacing!r}, "
-                             f"steps_offset={cfg['steps_offset']} gives timesteps outside [0, {T - 1}]")
+                             f"steps_offset={cfg.steps_offset} gives timesteps outside [0, {T - 1}]")
         if np.unique(ts).size != ts.size:
             # diffusers returns NaN (linspace) or raises IndexError (leading) here
             raise ValueError(f"num_inference_steps={n} with timestep_spacing={spacing!r} repeats timesteps")
@@ -145,7 +147,7 @@ class DPMSolverMultistepScheduler(ConfigMixin):
         (999 of 1000 for linspace or leading spacing): once a count repeats
         one, every larger count does, so a binary search finds it."""
         if getattr(self, "_max_steps", None) is None:
-            lo, hi = 0, self.config["num_train_timesteps"]
+            lo, hi = 0, self.settings.num_train_timesteps
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 try:
@@ -157,13 +159,13 @@ class DPMSolverMultistepScheduler(ConfigMixin):
         return self._max_steps
 
     def set_timesteps(self, num_inference_steps: int) -> None:
-        cfg = self.config
-        n = check_num_inference_steps(num_inference_steps, cfg["num_train_timesteps"])
+        cfg = self.settings
+        n = check_num_inference_steps(num_inference_steps, cfg.num_train_timesteps)
         try:
             ts = self._timesteps(n)
         except ValueError as e:
             raise ValueError(f"{e}; this config takes at most {self.max_inference_steps} steps") from None
-        final = self._train_sigmas[0] if cfg["final_sigmas_type"] == "sigma_min" else np.float32(0.0)
+        final = self._train_sigmas[0] if cfg.final_sigmas_type == "sigma_min" else np.float32(0.0)
         self.sigmas = np.append(self._train_sigmas[ts], final).astype(np.float32)
         self.timesteps = ts
         self.num_inference_steps = len(ts)
@@ -183,7 +185,7 @@ class DPMSolverMultistepScheduler(ConfigMixin):
     def _to_x0(self, model_output, sample):
         """DPM-Solver++ integrates the data prediction: turn the model output into x0."""
         alpha_t, sigma_t = _alpha_sigma(self.sigmas[self.step_index])
-        pt = self.config["prediction_type"]
+        pt = self.settings.prediction_type
         if pt == "epsilon":
             return (sample - sigma_t * model_output) / alpha_t
         if pt == "v_prediction":
@@ -199,13 +201,13 @@ class DPMSolverMultistepScheduler(ConfigMixin):
         internal counter."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step()")
-        cfg = self.config
+        cfg = self.settings
         model_output = as_f32(model_output, "model_output")
         sample = as_f32(sample, "sample")
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
         if self.step_index is None:
-            self.step_index = self._index_of(as_timestep(timestep, cfg["num_train_timesteps"]))
+            self.step_index = self._index_of(as_timestep(timestep, cfg.num_train_timesteps))
         n, i = len(self.timesteps), self.step_index
         if i >= n:
             raise ValueError("all timesteps have been stepped; call set_timesteps() to start a new run")
@@ -213,13 +215,13 @@ class DPMSolverMultistepScheduler(ConfigMixin):
         # Lower orders at the end improve stability for short schedules; with a
         # zero final sigma the last step is always first order.
         final_first_order = i == n - 1 and (
-            cfg["euler_at_final"] or (cfg["lower_order_final"] and n < 15) or cfg["final_sigmas_type"] == "zero")
-        final_second_order = i == n - 2 and cfg["lower_order_final"] and n < 15
+            cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero")
+        final_second_order = i == n - 2 and cfg.lower_order_final and n < 15
 
         x0 = self._to_x0(model_output, sample)
         self.model_outputs = self.model_outputs[1:] + [x0]
 
-        order = cfg["solver_order"]
+        order = cfg.solver_order
         if order == 1 or self.lower_order_nums < 1 or final_first_order:
             prev_sample = self._first_order(x0, sample)
         elif order == 2 or self.lower_order_nums < 2 or final_second_order:
@@ -251,7 +253,7 @@ class DPMSolverMultistepScheduler(ConfigMixin):
         d0, d1 = m0, (f32(1.0) / r0) * (m0 - m1)
         phi = alpha_t * (np.exp(-h) - f32(1.0))
         out = (sigma_t / sigma_s0) * sample - phi * d0
-        if self.config["solver_type"] == "midpoint":
+        if self.settings.solver_type == "midpoint":
             return out - (f32(0.5) * phi) * d1
         return out + (alpha_t * ((np.exp(-h) - f32(1.0)) / h + f32(1.0))) * d1  # heun
 
@@ -278,10 +280,8 @@ class DPMSolverMultistepScheduler(ConfigMixin):
             raise ValueError("call set_timesteps() before add_noise()")
         x0 = as_f32(original_samples, "original_samples")
         noise = as_f32(noise, "noise")
-        ts = as_timestep_array(timesteps, self.config["num_train_timesteps"])
+        ts = as_timestep_array(timesteps, self.settings.num_train_timesteps)
         sigma = self.sigmas[[self._index_of(int(t)) for t in ts]]
         alpha_t, sigma_t = _alpha_sigma(sigma)
         return per_sample(alpha_t, x0.ndim) * x0 + per_sample(sigma_t, x0.ndim) * noise
 
-
-register_known_keys(DPMSolverMultistepScheduler._fields)

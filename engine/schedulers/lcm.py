@@ -9,15 +9,13 @@ large jumps instead of many small ones.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (
-    COMMON_UNSUPPORTED, ConfigMixin, SchedulerOutput, as_f32, as_timestep, check_bool, check_float, check_int,
-    draw_noise, f32, register_known_keys, validate_common,
-)
-from .ddpm import NoiseTableMixin
+from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32
+from .config import ConfigMixin, SchedulerConfig, check_bool, check_float, check_int
+from .noise_table import NoiseTableMixin
 
 SIGMA_DATA = 0.5  # diffusers' fixed value for the boundary-condition scalings
 
@@ -36,52 +34,50 @@ def boundary_scalings(timesteps, timestep_scaling: float) -> tuple[np.ndarray, n
     return f32(SIGMA_DATA ** 2) / denom, scaled / np.sqrt(denom)
 
 
-class LCMScheduler(NoiseTableMixin, ConfigMixin):
+@dataclass(frozen=True)
+class LCMConfig(SchedulerConfig):
+    """diffusers' LCMScheduler config: SchedulerConfig's keys and these, in
+    diffusers' relative order, with diffusers' defaults."""
     _class_name = "LCMScheduler"
-    order = 1
-    _fields = {
-        "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-        "trained_betas": None, "original_inference_steps": 50, "clip_sample": False, "clip_sample_range": 1.0,
-        "set_alpha_to_one": True, "steps_offset": 0, "prediction_type": "epsilon", "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "timestep_spacing": "leading",
-        "timestep_scaling": 10.0, "rescale_betas_zero_snr": False,
-    }
-    _unsupported = COMMON_UNSUPPORTED
+    # the schedule of Stable Diffusion, which LCM was made for; differs from SchedulerConfig's
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    original_inference_steps: int = 50
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool = True
+    timestep_scaling: float = 10.0
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
-                 beta_schedule: str = "scaled_linear", trained_betas=None, original_inference_steps: int = 50,
-                 clip_sample: bool = False, clip_sample_range: float = 1.0, set_alpha_to_one: bool = True,
-                 steps_offset: int = 0, prediction_type: str = "epsilon", timestep_spacing: str = "leading",
-                 timestep_scaling: float = 10.0, **ignored_underscore_keys: Any):
-        given = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                     beta_schedule=beta_schedule, trained_betas=trained_betas,
-                     original_inference_steps=original_inference_steps, clip_sample=clip_sample,
-                     clip_sample_range=clip_sample_range, set_alpha_to_one=set_alpha_to_one,
-                     steps_offset=steps_offset, prediction_type=prediction_type, timestep_spacing=timestep_spacing,
-                     timestep_scaling=timestep_scaling)
-        self._register_config(given, ignored_underscore_keys)
-        cfg = self.config
-        validate_common(cfg)
-        check_int("original_inference_steps", cfg["original_inference_steps"], 1)
-        if cfg["original_inference_steps"] > cfg["num_train_timesteps"]:
-            raise ValueError(f"original_inference_steps={cfg['original_inference_steps']} is larger than "
-                             f"num_train_timesteps={cfg['num_train_timesteps']}")
-        check_bool("clip_sample", cfg["clip_sample"])
-        check_float("clip_sample_range", cfg["clip_sample_range"], positive=True)
-        check_bool("set_alpha_to_one", cfg["set_alpha_to_one"])
-        check_float("timestep_scaling", cfg["timestep_scaling"], positive=True)
-        self._init_schedule(cfg)
-        self.final_alpha_cumprod = f32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
+    def validate(self) -> None:
+        super().validate()
+        check_int("original_inference_steps", self.original_inference_steps, 1)
+        if self.original_inference_steps > self.num_train_timesteps:
+            raise ValueError(f"original_inference_steps={self.original_inference_steps} is larger than "
+                             f"num_train_timesteps={self.num_train_timesteps}")
+        check_bool("clip_sample", self.clip_sample)
+        check_float("clip_sample_range", self.clip_sample_range, positive=True)
+        check_bool("set_alpha_to_one", self.set_alpha_to_one)
+        check_float("timestep_scaling", self.timestep_scaling, positive=True)
+
+
+class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
+    order = 1
+
+    def __init__(self, config: LCMConfig | None = None, **kwargs):
+        super().__init__(config, **kwargs)
+        self._init_schedule()
+        self.final_alpha_cumprod = f32(1.0) if self.settings.set_alpha_to_one else self.alphas_cumprod[0]
         self._step_index: int | None = None
 
     @property
     def max_inference_steps(self) -> int:
-        return self.config["original_inference_steps"]
+        return self.settings.original_inference_steps
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """n timesteps evenly spaced, by index, on the distillation grid
         (descending from its last point, T - 1 for the usual grid)."""
-        cfg = self.config
+        cfg = self.settings
         n = num_inference_steps
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise ValueError(f"num_inference_steps must be an int, got {n!r}")
@@ -89,7 +85,7 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin):
         if not 1 <= n <= self.max_inference_steps:
             raise ValueError(f"num_inference_steps must be between 1 and original_inference_steps="
                              f"{self.max_inference_steps} (the grid this model was distilled on), got {n}")
-        origin = lcm_origin_timesteps(cfg["num_train_timesteps"], cfg["original_inference_steps"])[::-1]
+        origin = lcm_origin_timesteps(cfg.num_train_timesteps, cfg.original_inference_steps)[::-1]
         indices = np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)
         self.num_inference_steps = n
         self.timesteps = origin[indices].copy()
@@ -100,14 +96,14 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin):
         """One jump: x0_hat from the model output, the consistency estimate
         `denoised`, then (except after the last step) re-noised to the next
         timestep. Returns (prev_sample, denoised)."""
-        cfg = self.config
+        cfg = self.settings
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step()")
         model_output = as_f32(model_output, "model_output")
         sample = as_f32(sample, "sample")
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
-        t = as_timestep(timestep, cfg["num_train_timesteps"])
+        t = as_timestep(timestep, cfg.num_train_timesteps)
         if self._step_index is None:  # like diffusers: the first step locates itself in the schedule
             (where,) = np.nonzero(self.timesteps == t)
             if where.size == 0:
@@ -122,17 +118,17 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin):
         alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         beta_prod_t = one - alpha_prod_t
         beta_prod_prev = one - alpha_prod_prev
-        c_skip, c_out = boundary_scalings(t, cfg["timestep_scaling"])
+        c_skip, c_out = boundary_scalings(t, cfg.timestep_scaling)
 
-        pt = cfg["prediction_type"]
+        pt = cfg.prediction_type
         if pt == "epsilon":
             x0 = (sample - np.sqrt(beta_prod_t) * model_output) / np.sqrt(alpha_prod_t)
         elif pt == "sample":
             x0 = model_output.copy()
         else:  # v_prediction
             x0 = np.sqrt(alpha_prod_t) * sample - np.sqrt(beta_prod_t) * model_output
-        if cfg["clip_sample"]:
-            r = f32(cfg["clip_sample_range"])
+        if cfg.clip_sample:
+            r = f32(cfg.clip_sample_range)
             x0 = np.clip(x0, -r, r)
         denoised = c_out * x0 + c_skip * sample
         if last:
@@ -143,5 +139,3 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin):
         self._step_index = i + 1
         return SchedulerOutput(prev_sample.astype(np.float32, copy=False), denoised.astype(np.float32, copy=False))
 
-
-register_known_keys(LCMScheduler._fields)

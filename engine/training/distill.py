@@ -109,7 +109,8 @@ class Distiller(Trainer):
             raise WeightsError("the distiller needs an epsilon-prediction teacher")
         self.student_scheduler_config = student_scheduler_config(self.scheduler.config, cfg)
         self.student_defaults = SamplingDefaults(scheduler="lcm", num_inference_steps=cfg.sample_steps,
-                                                 guidance_scale=1.0, null_class_label=self.null_label)
+                                                 guidance_scale=1.0, null_class_label=self.null_label,
+                                                 distilled_guidance_scale=self.guidance)
         state = teacher.unet.state_dict()
         self.model = UNet2DModel(teacher.unet.config)
         self.model.load_state_dict(state)

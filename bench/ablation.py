@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_json  # noqa: E402
-from engine import UNet2DModel  # noqa: E402
+from engine import UNet2DModel, paths  # noqa: E402
 from engine.models.runner import InferenceRunner  # noqa: E402
 from engine.nn import ops, runtime  # noqa: E402
 
-DEFAULT_CONFIG = ROOT / "engine" / "configs" / "unet_mnist.json"
+DEFAULT_CONFIG = paths.MODEL_CONFIG
 
 
 def merged_gemm_conv(xp, w_mat, bias, k, stride, Ho, Wo):

@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_json  # noqa: E402
-from engine import UNet2DModel  # noqa: E402
+from engine import UNet2DModel, paths  # noqa: E402
 from engine.models.runner import InferenceRunner  # noqa: E402
 from engine.nn import runtime  # noqa: E402
 from engine.training.optim import AdamW  # noqa: E402
 
-DEFAULT_CONFIG = ROOT / "engine" / "configs" / "unet_mnist.json"
+DEFAULT_CONFIG = paths.MODEL_CONFIG
 
 # (metric, kind, batch, target ratio ours/diffusers in "higher is better" terms)
 METRICS = [

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
+from engine import paths  # noqa: E402
 from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
 
@@ -238,7 +239,7 @@ def write_random_weights(folder: Path) -> None:
     from engine import UNet2DModel
     from engine.pipeline import SamplingDefaults
 
-    cfg = {k: v for k, v in json.loads((ROOT / "engine" / "configs" / "unet_mnist.json").read_text()).items()
+    cfg = {k: v for k, v in json.loads(paths.MODEL_CONFIG.read_text()).items()
            if not k.startswith("_")}
     sched = {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"}
     DigitPipeline(UNet2DModel(**cfg, rng=np.random.default_rng(0)), sched, SamplingDefaults()).save_pretrained(folder)
@@ -266,7 +267,7 @@ def print_table(info: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", default=str(ROOT / "weights"), help="weights folder (default: the repo's weights/)")
+    p.add_argument("--weights", default=str(paths.WEIGHTS), help="weights folder (default: the repo's weights/)")
     p.add_argument("--random-init", action="store_true",
                    help="use randomly initialised weights of the shipped config (same compute, no training needed)")
     p.add_argument("--url", help="benchmark this running server instead of starting one (it must serve --weights)")

@@ -219,10 +219,8 @@ class Distiller(Trainer):
         self.target.load_state_dict(self.target_ema.state_dict())
         return arrays, meta
 
-    def ema_pipeline(self) -> DigitPipeline:
-        ema_model = UNet2DModel(self.model.config)
-        ema_model.load_state_dict(self.ema.state_dict())
-        return DigitPipeline(ema_model, self.student_scheduler_config, self.student_defaults)
+    def sampling_setup(self) -> tuple[dict, SamplingDefaults]:
+        return self.student_scheduler_config, self.student_defaults
 
 
 # -- command line ---------------------------------------------------------------

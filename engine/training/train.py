@@ -162,10 +162,14 @@ class Trainer:
         return arrays, meta
 
     def ema_pipeline(self) -> DigitPipeline:
+        """The EMA weights as a pipeline, with what it samples with."""
         ema_model = UNet2DModel(self.model.config)
         ema_model.load_state_dict(self.ema.state_dict())
-        sched = dict(self.scheduler.config)
-        return DigitPipeline(ema_model, sched, SamplingDefaults(null_class_label=self.null_label))
+        return DigitPipeline(ema_model, *self.sampling_setup())
+
+    def sampling_setup(self) -> tuple[dict, SamplingDefaults]:
+        """(scheduler config, sampling defaults) the exported model ships with."""
+        return dict(self.scheduler.config), SamplingDefaults(null_class_label=self.null_label)
 
     def export(self) -> Path:
         """EMA weights as a loadable pipeline folder (what `weights/` holds)."""

@@ -15,6 +15,7 @@ COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY app ./app
 COPY bench ./bench
+COPY digitgen ./digitgen
 RUN python3 -m pip install --no-compile . \
  && useradd --system --create-home --uid 10001 digitgen
 COPY weights ./weights
@@ -26,4 +27,5 @@ ENV DIGITGEN_WEIGHTS=/app/weights \
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DIGITGEN_PORT', '8000'), timeout=4)"
-CMD ["sh", "-c", "exec uvicorn app.main:create_app --factory --host \"$DIGITGEN_HOST\" --port \"$DIGITGEN_PORT\" --timeout-graceful-shutdown 10"]
+# `digitgen serve` reads every DIGITGEN_* setting, HTTP limits included (app/config.py)
+CMD ["digitgen", "serve"]

@@ -8,6 +8,10 @@
     DIGITGEN_DEADLINE_S     per-request deadline in seconds, queueing included (default 120)
     DIGITGEN_GRACEFUL_S     seconds `serve` lets open requests finish on shutdown (default 10)
     DIGITGEN_THREADS        engine threads (default 0: the CPU count, at most 8)
+    DIGITGEN_MAX_BODY_BYTES request bodies larger than this are a 413 (default 65536)
+    DIGITGEN_BODY_TIMEOUT_S seconds a request body may take to arrive, else 408 (default 10)
+    DIGITGEN_MAX_CONNECTIONS concurrent connections `serve` accepts before answering 503 (default 200)
+    DIGITGEN_CORS_ORIGINS   comma-separated origins allowed to call the API from a browser (default: none)
     DIGITGEN_DEFAULT_MODEL  base or fast: the model a request without `model` gets (default: fast when
                             WEIGHTS/fast is there, else base)
 """
@@ -37,13 +41,19 @@ class Settings:
     graceful_s: float = 10.0
     threads: int = 0
     default_model: str = ""
+    max_body_bytes: int = 65536
+    body_timeout_s: float = 10.0
+    cors_origins: str = ""
+    max_connections: int = 200
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
         checks = {"port": 0 <= self.port <= 65535, "max_batch": self.max_batch >= 1,
                   "max_queue": self.max_queue >= 0, "deadline_s": self.deadline_s > 0,
                   "graceful_s": self.graceful_s >= 0, "threads": self.threads >= 0,
-                  "default_model": self.default_model in ("", "base", "fast")}
+                  "default_model": self.default_model in ("", "base", "fast"),
+                  "max_body_bytes": self.max_body_bytes >= 0, "body_timeout_s": self.body_timeout_s > 0,
+                  "max_connections": self.max_connections >= 1}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range")
@@ -68,6 +78,10 @@ class Settings:
             return cls(**values)
         except ConfigError as e:
             raise ConfigError(f"{e} (see DIGITGEN_* environment variables)") from None
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.cors_origins.split(",") if o.strip())
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

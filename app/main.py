@@ -6,7 +6,9 @@ worker) and `serve`.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from engine.io import WeightsError
@@ -26,6 +29,7 @@ from engine.nn import runtime
 from engine.pipeline import DigitPipeline
 
 from .config import ConfigError, Settings
+from .http import HttpLimits
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .routes import STATIC, router
 from .schemas import ALLOWED
@@ -99,10 +103,31 @@ async def lifespan(app: FastAPI):
         app.state.service = None
 
 
+ECHO_CHARS = 80  # of a rejected input, echoed back: enough to see it, never the whole of a large one
+
+
+def _echo(value):
+    """A rejected input as it may be echoed in JSON: non-finite numbers
+    (which JSON cannot carry) as text, long values cut short."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (str, bytes)):
+        if len(value) <= ECHO_CHARS:
+            return value if isinstance(value, str) else repr(value)
+        return f"{value[:ECHO_CHARS]!r}... ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    if isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value, default=repr, allow_nan=True)
+        return value if len(text) <= ECHO_CHARS and "NaN" not in text and "Infinity" not in text \
+            else f"{text[:ECHO_CHARS]}... ({len(text)} characters)"
+    if not isinstance(value, (int, float, bool, type(None))):
+        return _echo(repr(value))
+    return value
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 `detail` list, plus a `message` a person can read: the
     field, what was wrong and the allowed range."""
-    errors = jsonable_encoder(exc.errors())
+    errors = jsonable_encoder([{**e, "input": _echo(e["input"])} if "input" in e else e for e in exc.errors()])
     lines = []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ())]
@@ -137,6 +162,13 @@ def create_app(settings: Settings | None = None, *,
     app.state.settings = settings
     app.state.metrics.ready_fn = lambda: float(bool(app.state.service and app.state.service.ready))
     app.add_exception_handler(RequestValidationError, validation_error)
+    limits = settings or Settings()
+    app.add_middleware(HttpLimits, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
+                       cors_origins=limits.cors_origin_list)
+    if limits.cors_origin_list:  # off unless configured
+        app.add_middleware(CORSMiddleware, allow_origins=list(limits.cors_origin_list), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type", "authorization", "last-event-id"],
+                           expose_headers=["x-seed", "x-model", "x-steps", "x-scheduler", "retry-after"])
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -156,7 +188,11 @@ def serve(host: str | None = None, port: int | None = None, weights: str | Path 
         print(f"digitgen cannot start: {e}", file=sys.stderr)
         return 2
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                            timeout_graceful_shutdown=settings.graceful_s or None)
+                            timeout_graceful_shutdown=settings.graceful_s or None,
+                            # past this many connections (streams included) uvicorn answers 503
+                            limit_concurrency=settings.max_connections,
+                            timeout_keep_alive=5,                  # idle keep-alive connections close
+                            http="h11", h11_max_incomplete_event_size=16384)  # request line + headers <= 16 KiB
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
@@ -101,7 +103,7 @@ async def generate(
 
 
 # -- GET /generate/stream (SSE) ------------------------------------------------
-_EVENT_ID = re.compile(r"^(\d+)-(\d+|done)$")
+_EVENT_ID = re.compile(r"(0|[1-9][0-9]{0,9})-(0|[1-9][0-9]{0,3}|done)")  # <seed>-<step>, both bounded
 
 
 class StreamPlan:
@@ -116,15 +118,28 @@ async def stream_plan(
 ):
     """Admission happens here, before the stream starts, so a full queue is a
     real 503 (with Retry-After) and not an event inside a 200."""
-    given = Given(query)
     skip = 0
-    m = _EVENT_ID.match(last_event_id or "")
-    if m and given.get("seed") in (None, int(m[1])):
-        if m[2] == "done":  # the client already has the image: 204 stops EventSource reconnecting
-            raise HTTPException(204)
-        given = Given(query.model_copy(update={"seed": int(m[1])}))
-        skip = int(m[2])
+    if last_event_id is not None:  # EventSource reconnecting: <seed>-<step> or <seed>-done, as we sent them
+        m = _EVENT_ID.fullmatch(last_event_id)
+        if m is None:
+            raise RequestValidationError([{"type": "value_error", "loc": ("header", "last-event-id"),
+                                           "input": last_event_id, "msg": "Last-Event-ID must be an id this "
+                                           "stream sent: <seed>-<step> or <seed>-done"}])
+        seed = int(m[1])
+        if query.seed is None or query.seed == seed:
+            if m[2] == "done":  # the client already has the image: 204 stops EventSource reconnecting
+                raise HTTPException(204)
+            try:  # the seed is checked like a seed given in the query
+                query = StreamParams.model_validate({**query.model_dump(exclude_none=True), "seed": seed})
+            except ValidationError as e:
+                raise RequestValidationError([{**err, "loc": ("header", "last-event-id"),
+                                               "msg": f"its seed: {err['msg']}"} for err in e.errors()]) from None
+            skip = int(m[2])
+    given = Given(query)
     gen = resolve(svc.pipes, svc.default_model, given)
+    if skip > gen.sampling.steps:
+        raise RequestValidationError([{"type": "value_error", "loc": ("header", "last-event-id"), "input": last_event_id,
+                                       "msg": f"Last-Event-ID names step {skip} of a {gen.sampling.steps}-step run"}])
     trajectories = await svc.trajectories(gen)
     x_T = trajectories[0].sample[0].copy()
     job = svc.submit(gen, trajectories, every=given.get("every", 1))
@@ -240,3 +255,13 @@ async def readyz(request: Request):
 @router.get("/metrics", tags=["service"], summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# HEAD on the GET endpoints that do no generation (uvicorn sends the headers
+# without the body); left out of the OpenAPI document, where it would only
+# repeat the GET. The generating GETs (stream, GIF) do not take HEAD: it would
+# cost a whole generation to answer.
+for _route in list(router.routes):
+    if getattr(_route, "path", None) in ("/", "/info", "/healthz", "/readyz", "/metrics"):
+        router.add_api_route(_route.path, _route.endpoint, methods=["HEAD"], include_in_schema=False,
+                             response_class=_route.response_class, name=f"{_route.name}_head")

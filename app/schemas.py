@@ -3,9 +3,10 @@ query parameters (app/routes.py), the JSON body and the 422 messages all use
 these definitions."""
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.schedulers import SCHEDULERS
 
@@ -61,11 +62,33 @@ def _field(name: str, doc: str | None = None):
     return Field(None, description=doc or DOCS.get(name), examples=[EXAMPLES[name]], **BOUNDS.get(name, ({}, ""))[0])
 
 
+# Numbers in a query string are read as strictly as JSON reads them: plain
+# decimal digits, no sign, no leading zeros, no "_" or exponent (pydantic's
+# lax mode would take "+5", "05", "5.0" or "1_000" for 5 or 1000).
+_PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
+_PLAIN_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
 class SampleParams(BaseModel):
     """The parameters every generation endpoint shares, declared once. The
     query string (all endpoints) and the JSON body (POST /generate) are both
     this model; `label` is required, in one place or the other. Defaults are
     not filled in here: they come from the loaded model (app/request.py)."""
+
+    @field_validator("label", "steps", "seed", "size", "n", "every", mode="before", check_fields=False)
+    @classmethod
+    def _plain_integer(cls, value):
+        if isinstance(value, str) and not _PLAIN_INT.fullmatch(value):
+            raise ValueError(f"write a whole number in plain decimal digits (like 5), got {value[:40]!r}")
+        return value
+
+    @field_validator("guidance_scale", mode="before")
+    @classmethod
+    def _plain_number(cls, value):
+        if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
+            raise ValueError(f"write a number in plain decimal form (like 1.5), got {value[:40]!r}")
+        return value
+
     model: Model | None = _field("model")
     label: int | None = _field("label")
     steps: int | None = _field("steps")

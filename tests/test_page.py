@@ -35,8 +35,9 @@ def test_page_streams_frames_and_draws_the_digit(browser, server, tmp_path):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(server.url + "/")
-    page.wait_for_function("document.querySelector('#steps').value === '20'")  # defaults came from /info
+    page.wait_for_function("() => document.querySelector('#steps').value === '20'")  # defaults came from /info
 
     page.click("#digits button[data-digit='7']")
     page.fill("#steps", "12")
@@ -45,8 +46,8 @@ def test_page_streams_frames_and_draws_the_digit(browser, server, tmp_path):
     page.click("#go")
 
     # frames arrive one by one over EventSource, then the final digit is drawn
-    page.wait_for_function("Number(document.querySelector('#viewer').dataset.frames) >= 1", timeout=20000)
-    page.wait_for_function("document.body.dataset.state === 'done'", timeout=30000)
+    page.wait_for_function("() => Number(document.querySelector('#viewer').dataset.frames) >= 1", timeout=20000)
+    page.wait_for_function("() => document.body.dataset.state === 'done'", timeout=30000)
     assert page.eval_on_selector("#viewer", "v => Number(v.dataset.frames)") == 12
     assert page.eval_on_selector("#progress", "p => p.value") == 1
     assert page.eval_on_selector("#final", "i => i.complete && i.naturalWidth") == 28
@@ -64,7 +65,7 @@ def test_page_streams_frames_and_draws_the_digit(browser, server, tmp_path):
     page.evaluate("document.querySelector('#steps').removeAttribute('max')")  # past the page's own check
     page.fill("#steps", "1000")
     page.click("#go")
-    page.wait_for_function("document.body.dataset.state === 'error'", timeout=20000)
+    page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=20000)
     assert "422" in page.inner_text("#error") and "steps" in page.inner_text("#error")
     assert errors == []
     page.close()
@@ -76,7 +77,7 @@ def test_model_toggle_switches_defaults_and_limits_and_runs_the_fast_model(brows
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server.url + "/")
-    page.wait_for_function("document.querySelector('#model').options.length === 2")
+    page.wait_for_function("() => document.querySelector('#model').options.length === 2")
     assert page.input_value("#model") == "base"  # the server's default
     assert page.get_attribute("#steps", "max") == "999"  # DPM-Solver++'s real limit
     page.select_option("#scheduler", "ddim")
@@ -89,7 +90,7 @@ def test_model_toggle_switches_defaults_and_limits_and_runs_the_fast_model(brows
     page.click("#digits button[data-digit='3']")
     page.fill("#seed", "77")
     page.click("#go")
-    page.wait_for_function("document.body.dataset.state === 'done'", timeout=30000)
+    page.wait_for_function("() => document.body.dataset.state === 'done'", timeout=30000)
     assert page.eval_on_selector("#viewer", "v => Number(v.dataset.frames)") == 4
     meta = page.inner_text("#result-meta")
     assert "fast model" in meta and "lcm, 4 steps" in meta and "seed 77" in meta

@@ -1,0 +1,117 @@
+"""HTTP hygiene around the app, as pure ASGI middleware (so event streams
+are never buffered): a cap and a deadline on request bodies, repeated
+query parameters with different values refused, cross-origin requests
+refused unless allowed, and security headers on every response.
+
+What uvicorn itself bounds is set where the server starts (app/main.py's
+`serve` and the Dockerfile): concurrent connections (limit_concurrency, 503
+past it), the size of a request's headers (h11_max_incomplete_event_size)
+and idle keep-alive connections (timeout_keep_alive).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from urllib.parse import parse_qsl
+
+# The page loads only its own script and style; images are data: URLs of
+# the frames and blob: URLs of downloads.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY")]
+
+
+async def problem(send, status: int, detail: str, headers: list | None = None) -> None:
+    """A JSON error in the app's shape ({detail, message}) straight from the middleware."""
+    body = json.dumps({"detail": detail, "message": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+class HttpLimits:
+    def __init__(self, app, *, max_body_bytes: int, body_timeout_s: float, cors_origins: tuple[str, ...] = ()):
+        self.app = app
+        self.max_body_bytes, self.body_timeout_s = max_body_bytes, body_timeout_s
+        self.cors_origins = set(cors_origins)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        error = self._refused(scope)
+        if error:
+            return await problem(send, *error)
+        body = await self._read_body(scope, receive, send)
+        if body is None:  # answered (413/408) or the client left
+            return
+
+        replayed = False
+
+        async def replay():
+            """The body once, then the real receive (which reports the disconnect)."""
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        page = scope["path"] == "/" or scope["path"].startswith("/static/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                extra = SECURITY_HEADERS + ([(b"content-security-policy", PAGE_CSP.encode())] if page else [])
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, replay, send_with_headers)
+
+    def _refused(self, scope) -> tuple[int, str] | None:
+        """(status, why) for a request refused before anything runs."""
+        origin = _header(scope, b"origin")
+        if origin is not None and origin not in self.cors_origins:
+            host = _header(scope, b"host") or ""
+            if origin.split("://", 1)[-1] != host:  # same origin is fine
+                return 403, (f"cross-origin requests from {origin[:100]} are not allowed "
+                             f"(the server's DIGITGEN_CORS_ORIGINS lists the allowed origins)")
+        seen: dict[str, str] = {}
+        for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+            if name in seen and seen[name] != value:
+                return 422, (f"{name[:40]} is given twice in the query string with different values "
+                             f"({seen[name][:40]!r}, {value[:40]!r}); give it once")
+            seen[name] = value
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            return 413, f"the request body is larger than this server takes ({self.max_body_bytes} bytes)"
+        return None
+
+    async def _read_body(self, scope, receive, send) -> bytes | None:
+        """The whole body, within the size cap and the deadline."""
+        chunks, size, deadline = [], 0, time.monotonic() + self.body_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                await problem(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s",
+                              [(b"connection", b"close")])
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await problem(send, 413, f"the request body is larger than this server takes "
+                                         f"({self.max_body_bytes} bytes)", [(b"connection", b"close")])
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)

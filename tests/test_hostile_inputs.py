@@ -1,0 +1,131 @@
+"""What an unfriendly client sends gets a clear 4xx, never a 500 or a hang,
+and never an echo of its whole input (real server on loopback)."""
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from conftest import Server
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("raw, field", [
+    (b'{"label": 1, "guidance_scale": NaN}', "guidance_scale"),
+    (b'{"label": 1, "guidance_scale": Infinity}', "guidance_scale"),
+    (b'{"label": 1, "guidance_scale": -Infinity}', "guidance_scale"),
+    (b'{"label": 1, "seed": 1e400}', "seed"),
+    (b'{"label": NaN}', "label"),
+])
+def test_non_finite_json_numbers_are_a_422(client, raw, field):
+    r = client.post("/generate", content=raw, headers=JSON)
+    assert r.status_code == 422, r.text
+    assert field in r.json()["message"] and r.json()["detail"][0]["loc"][-1] == field
+
+
+@pytest.mark.parametrize("value", ["5.0", "+5", "05", "1_000", " 5", "5 ", "0x5", "٥"])
+def test_query_numbers_are_read_strictly(client, value):
+    r = client.post("/generate", params={"label": value, "steps": 2})
+    assert r.status_code == 422 and "label" in r.json()["message"], r.text
+
+
+def test_query_decimal_guidance_is_plain_decimal(client):
+    assert client.post("/generate", params={"label": 1, "steps": 2, "guidance_scale": "1.5"}).status_code == 200
+    for bad in ("1e0", "nan", "inf", "+1", "1.", ".5"):
+        r = client.post("/generate", params={"label": 1, "steps": 2, "guidance_scale": bad})
+        assert r.status_code == 422 and "guidance_scale" in r.json()["message"], bad
+
+
+def test_repeated_parameters_must_agree(client):
+    r = client.post("/generate?label=5&label=6&steps=2")
+    assert r.status_code == 422 and "label is given twice" in r.json()["message"]
+    assert client.post("/generate?label=5&label=5&steps=2").status_code == 200
+
+
+@pytest.mark.parametrize("header, words", [
+    ("9" * 5000 + "-1", "Last-Event-ID must be"),
+    ("abc", "Last-Event-ID must be"),
+    ("-1-2", "Last-Event-ID must be"),
+    ("9999999999-1", "seed"),          # ten digits, but past 2^32 - 1: checked like a query seed
+    ("5-9", "step 9 of a 8-step run"),
+])
+def test_last_event_id_is_validated_like_every_other_input(client, header, words):
+    r = client.get("/generate/stream", params={"label": 1, "steps": 8}, headers={"Last-Event-ID": header})
+    assert r.status_code == 422, r.text
+    assert words in r.json()["message"] and r.json()["detail"][0]["loc"] == ["header", "last-event-id"]
+    assert len(r.content) < 2000
+
+
+def test_large_inputs_are_refused_and_never_echoed_whole(client):
+    big = client.post("/generate", json={"label": "x" * 200_000})
+    assert big.status_code == 413 and "65536 bytes" in big.json()["message"]
+    mid = client.post("/generate", json={"label": "x" * 50_000})
+    assert mid.status_code == 422 and len(mid.content) < 2000 and "50000 characters" in mid.text
+
+    def chunks():  # no Content-Length: the cap is counted as the body arrives
+        for _ in range(100):
+            yield b"x" * 1024
+    r = client.post("/generate", content=chunks(), headers=JSON)
+    assert r.status_code == 413
+
+
+def test_a_body_that_does_not_arrive_gets_408(tiny_weights, tmp_path):
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", body_timeout_s=1)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"label\"")
+            t0 = time.monotonic()
+            reply = b""
+            while b"within" not in reply:  # the head and the body may arrive in two reads
+                part = s.recv(4096)
+                assert part, reply
+                reply += part
+            assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in reply
+            assert time.monotonic() - t0 < 25
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("path", ["/", "/info", "/healthz", "/readyz", "/metrics"])
+def test_head_on_get_endpoints(client, path):
+    get, head = client.get(path), client.head(path)
+    assert head.status_code == 200 == get.status_code and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_generating_gets_do_not_take_head(client):
+    assert client.head("/generate.gif", params={"label": 1}).status_code == 405
+
+
+def test_security_headers(client):
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    for r in (page, client.get("/info"), client.post("/generate", params={"label": 1, "steps": 1})):
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["x-frame-options"] == "DENY"
+
+
+def test_cross_origin_requests_are_refused_unless_allowed(client, server, tiny_weights, tmp_path):
+    evil = client.post("/generate", params={"label": 1, "steps": 1}, headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403 and "DIGITGEN_CORS_ORIGINS" in evil.json()["message"]
+    same = client.post("/generate", params={"label": 1, "steps": 1},
+                       headers={"Origin": f"http://127.0.0.1:{server.port}"})
+    assert same.status_code == 200
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", cors_origins="https://digits.example")
+    try:
+        ok = httpx.post(srv.url + "/generate", params={"label": 1, "steps": 1},
+                        headers={"Origin": "https://digits.example"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://digits.example"
+        assert "x-seed" in ok.headers["access-control-expose-headers"]
+        pre = httpx.options(srv.url + "/generate", headers={"Origin": "https://digits.example",
+                                                            "Access-Control-Request-Method": "POST"})
+        assert pre.status_code == 200
+        assert httpx.post(srv.url + "/generate", params={"label": 1, "steps": 1},
+                          headers={"Origin": "http://evil.example"}).status_code == 403
+    finally:
+        srv.stop()

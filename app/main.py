@@ -6,10 +6,13 @@ worker) and `serve`.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -90,6 +93,7 @@ async def lifespan(app: FastAPI):
     svc = Service(pipes, default, settings, app.state.metrics, app.state.clock)
     svc.start()
     app.state.service = svc
+    _drain_on_signals(svc)
     for name, pipe in pipes.items():
         d = pipe.defaults
         log.info("digitgen model %s%s: %s (%d parameters), %s, %d steps, guidance %g", name,
@@ -122,6 +126,26 @@ def _echo(value):
     if not isinstance(value, (int, float, bool, type(None))):
         return _echo(repr(value))
     return value
+
+
+def _drain_on_signals(svc: Service) -> None:
+    """On SIGTERM/SIGINT, before uvicorn's own handler (which stops taking
+    connections and then waits up to the graceful period for open ones): the
+    service turns not-ready and ends what cannot finish in time with a clean
+    503 or `event: error`, instead of uvicorn cutting it when the period
+    runs out. Only where uvicorn has put a handler of its own in place."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous) or previous in (signal.default_int_handler,):
+            continue
+
+        def handler(signum, frame, previous=previous):
+            loop.call_soon_threadsafe(svc.begin_shutdown)  # the signal may land inside the worker's lock
+            previous(signum, frame)
+        signal.signal(sig, handler)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -40,6 +40,10 @@ class Service:
     def stop(self) -> None:
         self.worker.stop()
 
+    def begin_shutdown(self) -> None:
+        """Not ready from now on; running work may finish within the grace period."""
+        self.worker.begin_shutdown(self.settings.graceful_s)
+
     @property
     def ready(self) -> bool:
         return self.worker.alive

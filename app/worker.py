@@ -124,6 +124,7 @@ class BatchWorker:
         self._active_steps = 0    # steps they still have to go
         self._step_s = 0.05       # running average of one batched step, for Retry-After
         self._stopping = False
+        self._drain_deadline: float | None = None  # set by begin_shutdown: running work must end by then
         self._thread = threading.Thread(target=self._run, name="digitgen-engine", daemon=True)
         metrics.queue_depth_fn = lambda: self._queued
         metrics.in_flight_fn = lambda: self._active_n
@@ -134,12 +135,28 @@ class BatchWorker:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping
+        """Running and taking work: False from the moment shutdown begins."""
+        return self._thread.is_alive() and not self._stopping and self._drain_deadline is None
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """Stop taking work; what waits for a slot ends now, what runs may go
+        on until shortly before the grace period ends (a second per 4 s of
+        grace is kept for the last responses to be written), then it ends
+        too. Every ended job gets ShuttingDown: a 503 or an `event: error`."""
+        with self._cv:
+            if self._drain_deadline is not None:
+                return
+            self._drain_deadline = self.clock() + max(0.0, grace_s - min(1.0, grace_s / 4))
+            for job in self._pending:
+                self._end(job, FailedEvent(ShuttingDown()), "shutdown")
+            self._pending.clear()
+            self._queued = 0
+            self._cv.notify()
 
     def submit(self, job: Job) -> None:
         n = len(job.trajectories)
         with self._cv:
-            if self._stopping:
+            if self._stopping or self._drain_deadline is not None:
                 self.metrics.rejected.inc(reason="shutting_down")
                 raise ShuttingDown()
             # images that would have to wait for a slot, this job's included
@@ -177,7 +194,12 @@ class BatchWorker:
                     self._pending.clear()
                     self._queued = self._active_n = 0
                     break
-                active = self._drop_and_admit(active, self.clock())
+                now = self.clock()
+                if self._drain_deadline is not None and now >= self._drain_deadline:
+                    for job in {id(j): j for j, _, _ in active}.values():
+                        self._end(job, FailedEvent(ShuttingDown()), "shutdown")
+                    active = []
+                active = self._drop_and_admit(active, now)
                 self._active_n = len(active)
                 self._active_steps = sum(t.steps - t.index for _, _, t in active)
             if not active:

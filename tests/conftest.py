@@ -90,7 +90,8 @@ def service_env(weights: Path, **settings) -> dict:
     """The environment of a test server: base is the default model unless a
     test says otherwise (the tests predate the fast model and ask base's
     samplers without naming a model)."""
-    env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "PYTHONUNBUFFERED": "1", "DIGITGEN_DEFAULT_MODEL": "base"}
+    env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "PYTHONUNBUFFERED": "1", "DIGITGEN_DEFAULT_MODEL": "base",
+           "DIGITGEN_GRACEFUL_S": "5"}  # as service_command's --timeout-graceful-shutdown
     env.update({f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 

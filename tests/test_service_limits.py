@@ -156,6 +156,42 @@ def test_shutdown_lets_the_open_request_finish(engine, tiny_weights, tmp_path):
     srv.stop()
 
 
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_sigterm_finishes_what_it_can_and_ends_the_rest_cleanly(engine, tiny_weights, tmp_path):
+    """SIGTERM with three requests in flight: nothing new is taken, a short
+    one finishes, and when the grace period (5 s, on the test's clock) is
+    nearly over the long ones end with a 503 and an `event: error` (not a
+    bare 500 or a cut connection); then the process exits."""
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", **ENGINES[engine], max_batch=4, deadline_s=DEADLINE_S)
+    srv.control("hold")
+    short = in_background(lambda: httpx.post(srv.url + "/generate", params={"label": 1, "steps": 3}, timeout=30))
+    long = in_background(lambda: httpx.post(srv.url + "/generate", params=LONG, timeout=30))
+
+    def stream():
+        with httpx.stream("GET", srv.url + "/generate/stream", params=LONG, timeout=30) as r:
+            return r.status_code, list(sse_events(r.iter_lines()))
+    streamed = in_background(stream)
+    end = time.monotonic() + 30
+    while srv.metric("digitgen_inflight_trajectories") + srv.metric("digitgen_queue_depth") < 3:
+        assert time.monotonic() < end, "the three requests did not arrive"
+        time.sleep(0.02)
+    srv.control("step 1")                 # the first arrival's step; then all three are in the batch
+    srv.wait_metric("digitgen_inflight_trajectories", lambda v: v == 3)
+    srv.proc.send_signal(signal.SIGTERM)
+    wait_until_refused(srv.url)           # no new connections
+    srv.control("step 3")                 # time enough for the short one ...
+    r = short()
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+    srv.control("advance 5")              # ... then the grace period runs out
+    srv.control("run")
+    r = long()
+    assert r.status_code == 503 and "shutting down" in r.json()["detail"]
+    status, events = streamed()
+    assert status == 200 and events[-1][0] == "error" and events[-1][2]["status"] == 503
+    assert srv.proc.wait(30) == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
+    srv.stop()
+
+
 def wait_until_refused(url: str, timeout: float = 15.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

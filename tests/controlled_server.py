@@ -5,9 +5,9 @@
 The app is `app.main.create_app` with the weights from DIGITGEN_WEIGHTS and
 the settings from DIGITGEN_*, as in production, with two things swapped in:
 
-* the clock the service reads deadlines from is real time plus an offset the
-  test moves forward (`advance S`): a deadline passes when the test says so,
-  not when the machine happens to be slow enough;
+* the clock the service reads deadlines from stands still until the test
+  moves it (`advance S`): a deadline passes when the test says so, never
+  because the machine happened to be slow (or busy) enough;
 * every batched step first passes a gate: `hold` makes the next step wait,
   `step K` lets K steps through, `run` opens it. A request cannot finish
   before the test has seen what it wants to see, however fast the machine.
@@ -32,14 +32,14 @@ from app.main import create_app
 from engine.pipeline import DigitPipeline
 
 
-class MovableClock:
-    """time.monotonic() plus an offset that only grows."""
+class ManualClock:
+    """A clock that moves only when told to."""
 
     def __init__(self):
-        self.offset = 0.0
+        self.now = time.monotonic()
 
     def __call__(self) -> float:
-        return time.monotonic() + self.offset
+        return self.now
 
 
 class StepGate:
@@ -97,7 +97,7 @@ def loader(gate: StepGate, engine: str, step_s: float):
     return load
 
 
-def control(gate: StepGate, clock: MovableClock) -> None:
+def control(gate: StepGate, clock: ManualClock) -> None:
     for line in sys.stdin:
         cmd, *arg = line.split()
         if cmd == "hold":
@@ -107,7 +107,7 @@ def control(gate: StepGate, clock: MovableClock) -> None:
         elif cmd == "step":
             gate.add(int(arg[0]))
         elif cmd == "advance":
-            clock.offset += float(arg[0])
+            clock.now += float(arg[0])
         else:
             print(f"unknown command {line!r}", file=sys.stderr, flush=True)
             continue
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=("tiny", "stand-in"), default="tiny")
     ap.add_argument("--step-ms", type=float, default=0.0)
     args = ap.parse_args()
-    gate, clock = StepGate(), MovableClock()
+    gate, clock = StepGate(), ManualClock()
     settings = Settings.from_env()
     app = create_app(settings, load_pipeline=loader(gate, args.engine, args.step_ms / 1e3), clock=clock)
     threading.Thread(target=control, args=(gate, clock), daemon=True).start()

@@ -193,8 +193,8 @@ async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> 
 @router.get("/generate.gif", tags=["generate"], response_class=Response,
             summary="The denoising of one digit as an animated GIF",
             responses={200: {"content": {"image/gif": {}},
-                             "description": "frames=xt (default): the initial noise, then x_t after every kept "
-                                            "step; frames=x0: the model's estimate of the digit after every kept "
+                             "description": "frames=x0 (default): the model's estimate of the digit after every "
+                                            "kept step; frames=xt: the initial noise, then x_t after every kept "
                                             "step. The last frame (the digit) is held. X-Seed: the seed."},
                        **ERRORS})
 async def generate_gif(request: Request, svc: ServiceDep, query: Annotated[GifParams, Query()]) -> Response:
@@ -208,7 +208,9 @@ async def generate_gif(request: Request, svc: ServiceDep, query: Annotated[GifPa
         return Response(status_code=499)
     t_done = job.clock()
     steps = [ev.result for ev in events]
-    pictures = ([r.pred_original for r in steps] if given.get("frames") == "x0" else [x_T] + [r.sample for r in steps])
+    # x0 by default: the model's estimate shows the digit forming; x_t is mostly noise until the last steps
+    pictures = ([r.pred_original for r in steps] if given.get("frames", "x0") == "x0"
+                else [x_T] + [r.sample for r in steps])
     data = await run_in_threadpool(render.gif, pictures, given.get("size", 28))
     return Response(data, media_type="image/gif", headers={
         **_headers(gen, job, t_done),

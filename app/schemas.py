@@ -49,13 +49,13 @@ DOCS = {
     "size": "Output width in pixels (nearest-neighbour upscale of the 28x28 sample).",
     "format": "png: the image (a grid for n > 1); json: each image as base64 with its own seed.",
     "every": "Send a frame every k-th step (the last step always comes).",
-    "frames": "GIF frames: xt = the noisy sample x_t from pure noise to the digit; x0 = the model's running "
-              "estimate of the final image.",
+    "frames": "GIF frames: x0 (default) = the model's running estimate of the final image, the digit forming; "
+              "xt = the noisy sample x_t from pure noise to the digit.",
     "gif_every": "Keep every k-th step as a GIF frame (the last always). Default: about 50 frames at most.",
 }
 
 EXAMPLES = {"model": "fast", "label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, "seed": 42, "n": 1, "size": 112,
-            "format": "png", "every": 1, "frames": "xt"}
+            "format": "png", "every": 1, "frames": "x0"}
 
 
 def _field(name: str, doc: str | None = None):

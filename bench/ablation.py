@@ -71,8 +71,8 @@ def apply(name: str) -> None:
         setattr(module, key, VARIANTS[name].get((module, key), value))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--batches", default="32,64")

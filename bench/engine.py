@@ -125,13 +125,13 @@ def have_reference() -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="UNet config JSON")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--json", default=str(ROOT / "bench" / "results" / "engine.json"))
+    p.add_argument("--json", help="where to write the result (default: bench/results/engine.json, except for --quick)")
     p.add_argument("--no-reference", action="store_true", help="skip diffusers even if installed")
-    p.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds (smoke run); writes JSON only with --json")
     args = p.parse_args(argv)
     runtime.configure()  # the engine's threads, as the service runs them
     cfg = {k: v for k, v in json.loads(Path(args.config).read_text()).items() if not k.startswith("_")}
@@ -192,7 +192,8 @@ def main(argv=None) -> int:
 
         info["machine"].update(torch=torch.__version__, diffusers=diffusers.__version__,
                                torch_threads=torch.get_num_threads())
-    write_json(args.json, info)
+    if args.json or not args.quick:  # a smoke run never replaces the recorded result
+        write_json(args.json or str(ROOT / "bench" / "results" / "engine.json"), info)
     return 0
 
 

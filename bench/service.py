@@ -265,8 +265,8 @@ def print_table(info: dict) -> None:
               f"{'ok' if r['meets_target'] else 'MISS'}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=str(paths.WEIGHTS), help="weights folder (default: the repo's weights/)")
     p.add_argument("--random-init", action="store_true",
                    help="use randomly initialised weights of the shipped config (same compute, no training needed)")

@@ -26,8 +26,12 @@ def cmd_generate(args) -> int:
     from engine.pipeline import DigitPipeline
 
     runtime.configure()
+    if args.all and args.label is not None:
+        print(f"error: give a LABEL ({args.label}) or --all, not both", file=sys.stderr)
+        return 2
+    folder = args.weights if args.model == "base" else args.weights / "fast"
     try:
-        pipe = DigitPipeline.from_pretrained(args.weights)
+        pipe = DigitPipeline.from_pretrained(folder)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -55,7 +59,7 @@ def cmd_generate(args) -> int:
         img = grid([images[i] for i in order], cols=cols, size=args.size)
     out = Path(args.out or (f"digits-{seed}.png" if args.all else f"digit-{args.label}-{seed}.png"))
     out.write_bytes(png_bytes(img))
-    print(f"wrote {out} (seed {seed}; image i used seed {seed}+i)")
+    print(f"wrote {out} (seed {seed}" + ("; image i used seed (seed + i) mod 2^32)" if len(images) > 1 else ")"))
     return 0
 
 
@@ -77,17 +81,26 @@ def cmd_eval(argv) -> int:
     return main(argv)
 
 
+BENCHES = {"engine": "the UNet forward and training step (beside diffusers when torch is installed)",
+           "service": "the HTTP service on loopback, base and fast models side by side",
+           "ablation": "what the engine's inference design choices are worth"}
+
+
 def cmd_bench(argv) -> int:
-    which = argv[0] if argv and not argv[0].startswith("-") else "engine"
-    rest = argv[1:] if argv and not argv[0].startswith("-") else argv
-    if which == "engine":
-        from bench.engine import main
-    elif which == "service":
-        from bench.service import main
-    else:
-        print(f"error: digitgen bench {{engine,service}}, not {which!r}", file=sys.stderr)
-        return 2
-    return main(rest)
+    """digitgen bench NAME [options]: each bench parses its own options."""
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
+        out = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown bench {argv[0]!r}", file=out)
+        print("usage: digitgen bench {" + ",".join(BENCHES) + "} [options]   (digitgen bench NAME --help)\n",
+              file=out)
+        for name, what in BENCHES.items():
+            print(f"  {name:9} {what}", file=out)
+        return 0 if out is sys.stdout else 2
+    import importlib
+
+    bench = importlib.import_module(f"bench.{argv[0]}")
+    return bench.main(argv[1:], prog=f"digitgen bench {argv[0]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int)
     g.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the model's")
     g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--model", choices=("base", "fast"), default="base",
+                   help="base (WEIGHTS) or fast (WEIGHTS/fast); default base")
     g.add_argument("--size", type=int, default=112, help="output pixels per digit (nearest upscale)")
     g.add_argument("--out", "-o", help="output PNG path")
     g.add_argument("--weights", type=Path, default=default_weights())
@@ -116,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("train", "train the diffusion model (python -m engine.training.train)"),
                            ("distill", "distill it into a few-step model (python -m engine.training.distill)"),
                            ("eval", "score generated digits with the in-project classifier"),
-                           ("bench", "benchmarks: digitgen bench engine|service [options]")):
+                           ("bench", "benchmarks: digitgen bench {engine,service,ablation} [options]")):
         sub.add_parser(name, help=helptext, add_help=False)
     return p
 

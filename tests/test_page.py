@@ -38,6 +38,7 @@ def test_page_streams_frames_and_draws_the_digit(browser, server, tmp_path):
     page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(server.url + "/")
     page.wait_for_function("() => document.querySelector('#steps').value === '20'")  # defaults came from /info
+    assert page.is_hidden("#result")  # nothing to download before there is a result
 
     page.click("#digits button[data-digit='7']")
     page.fill("#steps", "12")
@@ -67,6 +68,8 @@ def test_page_streams_frames_and_draws_the_digit(browser, server, tmp_path):
     page.click("#go")
     page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=20000)
     assert "422" in page.inner_text("#error") and "steps" in page.inner_text("#error")
+    assert page.is_hidden("#result")  # the previous digit does not stay beside "Failed."
+    assert page.eval_on_selector("#xt", "i => i.hasAttribute('src')") is False
     assert errors == []
     page.close()
 

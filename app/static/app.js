@@ -53,7 +53,9 @@ function start() {
   const url = "/generate/stream?" + query;
   let frames = 0, total = Number(p.steps), t0 = performance.now();
   showError("");
-  ui.result.hidden = true;
+  ui.result.hidden = true;   // a new run: the old result and frames go
+  ui.xt.removeAttribute("src");
+  ui.x0.removeAttribute("src");
   ui.progress.value = 0;
   ui.viewer.dataset.frames = "0";
   setState("queued", "Waiting for a slot in the batch…");

@@ -8,6 +8,10 @@
     DIGITGEN_DEADLINE_S     per-request deadline in seconds, queueing included (default 120)
     DIGITGEN_GRACEFUL_S     seconds `serve` lets open requests finish on shutdown (default 10)
     DIGITGEN_THREADS        engine threads (default 0: the CPU count, at most 8)
+    DIGITGEN_MAX_REQUEST_ROWS UNet rows one request may cost (images x steps x rows a step); more is a 422
+                            (default 8192: one base digit is 40)
+    DIGITGEN_MAX_BACKLOG_ROWS UNet rows admitted and not yet run, past which new requests get 503 (default 32768)
+    DIGITGEN_MAX_GIF_PIXELS frames x width x height one GIF may have; more is a 422 (default 50 x 512 x 512)
     DIGITGEN_MAX_BODY_BYTES request bodies larger than this are a 413 (default 65536)
     DIGITGEN_BODY_TIMEOUT_S seconds a request body may take to arrive, else 408 (default 10)
     DIGITGEN_MAX_CONNECTIONS concurrent connections `serve` accepts before answering 503 (default 200)
@@ -45,6 +49,9 @@ class Settings:
     body_timeout_s: float = 10.0
     cors_origins: str = ""
     max_connections: int = 200
+    max_request_rows: int = 8192
+    max_backlog_rows: int = 32768
+    max_gif_pixels: int = 50 * 512 * 512
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
@@ -53,7 +60,9 @@ class Settings:
                   "graceful_s": self.graceful_s >= 0, "threads": self.threads >= 0,
                   "default_model": self.default_model in ("", "base", "fast"),
                   "max_body_bytes": self.max_body_bytes >= 0, "body_timeout_s": self.body_timeout_s > 0,
-                  "max_connections": self.max_connections >= 1}
+                  "max_connections": self.max_connections >= 1, "max_request_rows": self.max_request_rows >= 1,
+                  "max_backlog_rows": self.max_backlog_rows >= self.max_request_rows,
+                  "max_gif_pixels": self.max_gif_pixels >= 28 * 28 * 2}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range")

@@ -91,7 +91,7 @@ async def lifespan(app: FastAPI):
                                    f"{settings.weights / default} folder")
         raise ConfigError(app.state.startup_error)
     svc = Service(pipes, default, settings, app.state.metrics, app.state.clock)
-    svc.start()
+    svc.run()
     app.state.service = svc
     _drain_on_signals(svc)
     for name, pipe in pipes.items():

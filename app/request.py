@@ -56,8 +56,11 @@ class Given:
                                         "msg": message, "input": self.values.get(field)}])
 
 
-def resolve(pipes: dict[str, DigitPipeline], default_model: str, given: Given, n: int = 1) -> Generation:
-    """The model, then its defaults and limits; a random seed if none."""
+def resolve(pipes: dict[str, DigitPipeline], default_model: str, given: Given, n: int = 1,
+            max_rows: int | None = None) -> Generation:
+    """The model, then its defaults and limits, then the request's cost
+    (UNet rows: images x steps x rows a step) against `max_rows`; a random
+    seed if none."""
     model = given.get("model", default_model)
     if model not in pipes:
         raise given.error("model", f"model {model!r} is not loaded by this server; it serves "
@@ -71,5 +74,10 @@ def resolve(pipes: dict[str, DigitPipeline], default_model: str, given: Given, n
                                 given.get("guidance_scale"))
     except InvalidParameter as e:
         raise given.error(e.field, str(e)) from None
+    rows = n * sampling.steps * sampling.unet_rows
+    if max_rows is not None and rows > max_rows:
+        raise given.error("n" if n > 1 else "steps",
+                          f"this request costs {rows:,} UNet rows ({n} image(s) x {sampling.steps} steps x "
+                          f"{sampling.unet_rows} row(s) a step); this server takes at most {max_rows:,} a request")
     seed = given.get("seed")
     return Generation(model, sampling, secrets.randbelow(SEED_MAX + 1) if seed is None else seed, n)

@@ -1,6 +1,7 @@
 """HTTP routes: generation (PNG/JSON, SSE stream, GIF), the page, probes and
 metrics. Parameters are declared once in app/schemas.py."""
 
+import asyncio
 import math
 import re
 from collections.abc import AsyncIterable
@@ -23,6 +24,7 @@ from .service import Service, status_of
 from .worker import EngineFailure, FailedEvent
 
 STATIC = Path(__file__).parent / "static"
+GIF_ENCODES = asyncio.Semaphore(2)
 router = APIRouter()
 
 ERRORS = {
@@ -73,9 +75,9 @@ async def generate(
     places with different values is a 422. Same seed + parameters = the same
     bytes."""
     given = Given(query, body)
-    gen = resolve(svc.pipes, svc.default_model, given, n=given.get("n", 1))
+    gen = resolve(svc.pipes, svc.default_model, given, n=given.get("n", 1), max_rows=svc.settings.max_request_rows)
     size, fmt = given.get("size", 28), given.get("format", "png")
-    job = svc.submit(gen, await svc.trajectories(gen))
+    job = await svc.start(gen)
     events = await svc.collect(request, job)
     if events is None:
         return Response(status_code=499)  # client closed the request; nobody reads this
@@ -136,13 +138,12 @@ async def stream_plan(
                                                "msg": f"its seed: {err['msg']}"} for err in e.errors()]) from None
             skip = int(m[2])
     given = Given(query)
-    gen = resolve(svc.pipes, svc.default_model, given)
+    gen = resolve(svc.pipes, svc.default_model, given, max_rows=svc.settings.max_request_rows)
     if skip > gen.sampling.steps:
         raise RequestValidationError([{"type": "value_error", "loc": ("header", "last-event-id"), "input": last_event_id,
                                        "msg": f"Last-Event-ID names step {skip} of a {gen.sampling.steps}-step run"}])
-    trajectories = await svc.trajectories(gen)
-    x_T = trajectories[0].sample[0].copy()
-    job = svc.submit(gen, trajectories, every=given.get("every", 1))
+    job = await svc.start(gen, every=given.get("every", 1))
+    x_T = job.x_T
     try:
         yield StreamPlan(gen, job, given.get("size", 28), skip, x_T)
     finally:
@@ -199,10 +200,16 @@ async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> 
                        **ERRORS})
 async def generate_gif(request: Request, svc: ServiceDep, query: Annotated[GifParams, Query()]) -> Response:
     given = Given(query)
-    gen = resolve(svc.pipes, svc.default_model, given)
-    trajectories = await svc.trajectories(gen)
-    x_T = trajectories[0].sample[0].copy()
-    job = svc.submit(gen, trajectories, every=given.get("every", max(1, math.ceil(gen.sampling.steps / 50))))
+    gen = resolve(svc.pipes, svc.default_model, given, max_rows=svc.settings.max_request_rows)
+    every, size = given.get("every", max(1, math.ceil(gen.sampling.steps / 50))), given.get("size", 28)
+    frames = math.ceil(gen.sampling.steps / every) + 1
+    if frames * size * size > svc.settings.max_gif_pixels:  # encoding time and memory grow with both
+        raise given.error("every" if "every" in given.values else "size",
+                          f"this GIF would have {frames} frames of {size}x{size} ({frames * size * size:,} pixels); "
+                          f"this server makes at most {svc.settings.max_gif_pixels:,}: keep fewer steps (every) "
+                          f"or ask a smaller size")
+    job = await svc.start(gen, every=every)
+    x_T = job.x_T
     events = await svc.collect(request, job)
     if events is None:
         return Response(status_code=499)
@@ -211,7 +218,8 @@ async def generate_gif(request: Request, svc: ServiceDep, query: Annotated[GifPa
     # x0 by default: the model's estimate shows the digit forming; x_t is mostly noise until the last steps
     pictures = ([r.pred_original for r in steps] if given.get("frames", "x0") == "x0"
                 else [x_T] + [r.sample for r in steps])
-    data = await run_in_threadpool(render.gif, pictures, given.get("size", 28))
+    async with GIF_ENCODES:  # a bounded number at once: each holds every frame in memory
+        data = await run_in_threadpool(render.gif, pictures, size)
     return Response(data, media_type="image/gif", headers={
         **_headers(gen, job, t_done),
         "Content-Disposition": f'inline; filename="digit-{gen.sampling.label}-seed-{gen.seed}.gif"'})

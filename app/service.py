@@ -10,7 +10,7 @@ from collections.abc import Callable
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from engine.pipeline import DigitPipeline, Trajectory
+from engine.pipeline import DigitPipeline
 
 from .config import Settings
 from .metrics import ServiceMetrics
@@ -27,14 +27,15 @@ class Service:
                  metrics: ServiceMetrics, clock: Callable[[], float] = time.monotonic):
         self.pipes, self.default_model = pipes, default_model
         self.settings, self.metrics, self.clock = settings, metrics, clock
-        self.worker = BatchWorker(pipes, metrics, settings.max_batch, settings.max_queue, clock)
+        self.worker = BatchWorker(pipes, metrics, settings.max_batch, settings.max_queue, clock,
+                                  max_backlog_rows=settings.max_backlog_rows)
 
     @property
     def pipe(self) -> DigitPipeline:
         """The default model's pipeline."""
         return self.pipes[self.default_model]
 
-    def start(self) -> None:
+    def run(self) -> None:
         self.worker.start()
 
     def stop(self) -> None:
@@ -48,18 +49,24 @@ class Service:
     def ready(self) -> bool:
         return self.worker.alive
 
-    async def trajectories(self, gen: Generation) -> list[Trajectory]:
-        """Seeded trajectories, built off the event loop (scheduler tables and
-        the initial noise)."""
-        pipe = self.pipes[gen.model]
-        return await run_in_threadpool(lambda: [pipe.start(gen.sampling, s) for s in gen.seeds])
-
-    def submit(self, gen: Generation, trajectories: list[Trajectory], every: int = 0) -> Job:
-        job = Job(trajectories, self.settings.deadline_s, every, self.clock, gen.model)
+    async def start(self, gen: Generation, every: int = 0) -> Job:
+        """Admit the request by its cost (a 503 here costs nothing), then
+        build its seeded trajectories off the event loop (scheduler tables,
+        initial noise) and hand them to the worker."""
+        sm = gen.sampling
+        job = Job(gen.n, gen.n * sm.steps * sm.unet_rows, self.settings.deadline_s, every, self.clock, gen.model)
         try:
             self.worker.submit(job)
         except (Overloaded, ShuttingDown) as e:
             raise http_error(e) from None
+        pipe = self.pipes[gen.model]
+        try:
+            trajectories = await run_in_threadpool(lambda: [pipe.start(sm, s) for s in gen.seeds])
+        except BaseException:
+            job.cancel("error")
+            raise
+        job.x_T = trajectories[0].sample[0].copy()  # the first image's starting noise, before any step
+        self.worker.attach(job, trajectories)
         return job
 
     async def collect(self, request: Request, job: Job) -> list[ImageStep] | None:

@@ -18,7 +18,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,11 +65,17 @@ class FailedEvent:
 
 class Job:
     """One request: n trajectories and the queue its events arrive on.
-    Create it on the event loop thread (the asyncio queue belongs there)."""
+    Create it on the event loop thread (the asyncio queue belongs there).
 
-    def __init__(self, trajectories: list[Trajectory], deadline_s: float, every: int = 0,
+    A job is admitted (BatchWorker.submit) with what it will cost, `images`
+    and `rows`, before its trajectories exist, so a refusal costs nothing;
+    `attach` then hands them over and the job joins the batch."""
+
+    def __init__(self, images: int, rows: int, deadline_s: float, every: int = 0,
                  clock: Callable[[], float] = time.monotonic, model: str = "base"):
-        self.trajectories = trajectories
+        self.trajectories: list[Trajectory] = []
+        self.images, self.rows = images, rows
+        self.x_T = None                     # the first image's starting noise, set before attach
         self.model = model                  # which loaded model's pipeline steps them
         self.every = every                  # 0: last steps only; k: every k-th step and the last
         self.loop = asyncio.get_running_loop()
@@ -82,8 +87,7 @@ class Job:
         self.started: float | None = None  # when its first trajectory joined the batch
         self.cancel_reason: str | None = None
         # worker-thread bookkeeping
-        self.admitted = 0
-        self.remaining = len(trajectories)
+        self.remaining = images
         self.ended = False
 
     @property
@@ -112,17 +116,29 @@ class Job:
 
 
 class BatchWorker:
+    """Runs every admitted job's trajectories, a batch per model per step.
+
+    Admission is by work: a job is refused (503) when the images it would
+    add beyond one batch exceed `max_queue`, or when the UNet rows still to
+    run, its own included, exceed `max_backlog_rows`. Once admitted, a job
+    is in the running: every step the batch's `max_batch` places are dealt
+    out round-robin over the jobs in arrival order, one trajectory each per
+    round, so a light request rides every step however many images a heavy
+    one asked for; its latency is bounded by its own steps, not by the
+    others' work. (A trajectory that misses a step just waits: its result
+    does not depend on when it runs.)"""
+
     def __init__(self, pipes: dict[str, DigitPipeline], metrics: ServiceMetrics, max_batch: int = 64,
-                 max_queue: int = 256, clock: Callable[[], float] = time.monotonic):
+                 max_queue: int = 256, clock: Callable[[], float] = time.monotonic,
+                 max_backlog_rows: int = 1 << 62):
         self.pipes, self.metrics = pipes, metrics
         self.clock = clock  # deadlines are read from it, so a test can move time itself
-        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_batch, self.max_queue, self.max_backlog_rows = max_batch, max_queue, max_backlog_rows
         self._cv = threading.Condition()
-        self._pending: deque[Job] = deque()
-        self._queued = 0          # images submitted but not yet in the batch
-        self._active_n = 0        # trajectories in the batch
-        self._active_steps = 0    # steps they still have to go
-        self._step_s = 0.05       # running average of one batched step, for Retry-After
+        self._jobs: list[Job] = []  # admitted and not ended, in arrival order
+        self._queued = 0            # trajectories left out of the latest batch
+        self._active_n = 0          # trajectories in the latest batch
+        self._rows_per_s = 0.0      # measured UNet rows a second, for Retry-After
         self._stopping = False
         self._drain_deadline: float | None = None  # set by begin_shutdown: running work must end by then
         self._thread = threading.Thread(target=self._run, name="digitgen-engine", daemon=True)
@@ -139,7 +155,7 @@ class BatchWorker:
         return self._thread.is_alive() and not self._stopping and self._drain_deadline is None
 
     def begin_shutdown(self, grace_s: float) -> None:
-        """Stop taking work; what waits for a slot ends now, what runs may go
+        """Stop taking work; what has not started ends now, what runs may go
         on until shortly before the grace period ends (a second per 4 s of
         grace is kept for the last responses to be written), then it ends
         too. Every ended job gets ShuttingDown: a 503 or an `event: error`."""
@@ -147,33 +163,37 @@ class BatchWorker:
             if self._drain_deadline is not None:
                 return
             self._drain_deadline = self.clock() + max(0.0, grace_s - min(1.0, grace_s / 4))
-            for job in self._pending:
+            for job in [j for j in self._jobs if j.started is None]:
                 self._end(job, FailedEvent(ShuttingDown()), "shutdown")
-            self._pending.clear()
-            self._queued = 0
+            self._cv.notify()
+
+    def attach(self, job: Job, trajectories: list[Trajectory]) -> None:
+        """The admitted job's trajectories: it joins the next step's batch."""
+        with self._cv:
+            job.trajectories = trajectories
             self._cv.notify()
 
     def submit(self, job: Job) -> None:
-        n = len(job.trajectories)
+        """Admit the job or raise (ShuttingDown, Overloaded) before any work."""
         with self._cv:
             if self._stopping or self._drain_deadline is not None:
                 self.metrics.rejected.inc(reason="shutting_down")
                 raise ShuttingDown()
-            # images that would have to wait for a slot, this job's included
-            waiting = self._queued + self._active_n + n - self.max_batch
-            if waiting > self.max_queue:
+            live = [j for j in self._jobs if not j.ended]
+            images = sum(j.remaining for j in live) + job.images
+            backlog = sum(_rows_left(j) for j in live) + _rows_left(job)
+            if images - self.max_batch > self.max_queue or backlog > self.max_backlog_rows:
                 self.metrics.rejected.inc(reason="queue_full")
-                raise Overloaded(self._retry_after())
-            self._pending.append(job)
-            self._queued += n
-            self._cv.notify()
+                raise Overloaded(self._retry_after(backlog - _rows_left(job)))
+            self._jobs.append(job)
+            self._queued += job.images
 
-    def _retry_after(self) -> int:
-        """Seconds until the current load has drained, roughly: the steps
-        still to take over the batch width, at the measured step time."""
-        queued_steps = sum(t.steps for j in self._pending for t in j.trajectories[j.admitted:])
-        steps = (self._active_steps + queued_steps) / self.max_batch
-        return int(min(60, max(1, math.ceil(steps * self._step_s))))
+    def _retry_after(self, backlog_rows: int) -> int:
+        """Seconds until the work already admitted has drained, at the
+        measured rows a second (1 s until there is a measurement)."""
+        if self._rows_per_s <= 0:
+            return 1
+        return int(min(300, max(1, math.ceil(backlog_rows / self._rows_per_s))))
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cv:
@@ -184,65 +204,63 @@ class BatchWorker:
 
     # -- worker thread -------------------------------------------------------
     def _run(self) -> None:
-        active: list[tuple[Job, int, Trajectory]] = []
         while True:
             with self._cv:
-                while not (self._stopping or active or self._pending):
+                while not (self._stopping or self._jobs):
                     self._cv.wait()
                 if self._stopping:
-                    leftovers = {id(j): j for j in [*self._pending, *(e[0] for e in active)]}
-                    self._pending.clear()
+                    leftovers, self._jobs = self._jobs, []
                     self._queued = self._active_n = 0
                     break
                 now = self.clock()
                 if self._drain_deadline is not None and now >= self._drain_deadline:
-                    for job in {id(j): j for j, _, _ in active}.values():
+                    for job in self._jobs:
                         self._end(job, FailedEvent(ShuttingDown()), "shutdown")
-                    active = []
-                active = self._drop_and_admit(active, now)
-                self._active_n = len(active)
-                self._active_steps = sum(t.steps - t.index for _, _, t in active)
-            if not active:
-                continue
+                self._jobs = [j for j in self._jobs if not self._expired(j, now)]
+                batch = self._deal(now)
+                self._active_n = len(batch)
+                self._queued = sum(j.remaining for j in self._jobs) - len(batch)
+                if not batch:  # admitted jobs whose trajectories are still being built: attach() wakes us
+                    self._cv.wait(0.5)
+                    continue
             t0 = time.perf_counter()
             try:
                 for model in self.pipes:  # one batched forward per model with work in this step
-                    mine = [t for job, _, t in active if job.model == model]
+                    mine = [t for job, _, t in batch if job.model == model]
                     if mine:
                         self.pipes[model].step(mine)
             except Exception as e:  # an engine bug must not take the service down
-                log.exception("denoising step failed for a batch of %d", len(active))
-                for job in {id(j): j for j, _, _ in active}.values():
-                    self._end(job, FailedEvent(EngineFailure(f"generation failed: {e}")), "error")
-                active = []
+                log.exception("denoising step failed for a batch of %d", len(batch))
+                with self._cv:
+                    for job in {id(j): j for j, _, _ in batch}.values():
+                        self._end(job, FailedEvent(EngineFailure(f"generation failed: {e}")), "error")
                 continue
             dt = time.perf_counter() - t0
-            self._step_s = 0.8 * self._step_s + 0.2 * dt
-            self.metrics.observe_step(len(active), dt)
-            active = self._deliver(active)
-            with self._cv:  # the gauges must not show finished work while the worker waits
-                self._active_n = len(active)
-                self._active_steps = sum(t.steps - t.index for _, _, t in active)
-        for job in leftovers.values():
+            rows = sum(t.sampling.unet_rows for _, _, t in batch)
+            self._rows_per_s = rows / dt if self._rows_per_s <= 0 else 0.8 * self._rows_per_s + 0.2 * rows / dt
+            self.metrics.observe_step(len(batch), dt)
+            with self._cv:
+                self._deliver(batch)
+                self._jobs = [j for j in self._jobs if not j.ended]
+                # the gauges must not show finished work while the worker waits
+                self._active_n = 0
+                self._queued = sum(j.remaining for j in self._jobs)
+        for job in leftovers:
             self._end(job, FailedEvent(ShuttingDown()), "shutdown")
 
-    def _drop_and_admit(self, active, now):
-        """Under the lock: cancelled or expired jobs leave, waiting ones join."""
-        for job in [j for j in self._pending if self._expired(j, now)]:
-            self._pending.remove(job)
-            self._queued -= len(job.trajectories) - job.admitted
-        active = [e for e in active if not self._expired(e[0], now)]
-        while self._pending and len(active) < self.max_batch:
-            job = self._pending[0]
-            take = min(len(job.trajectories) - job.admitted, self.max_batch - len(active))
-            active += [(job, i, job.trajectories[i]) for i in range(job.admitted, job.admitted + take)]
-            job.admitted += take
-            self._queued -= take
+    def _deal(self, now: float) -> list[tuple[Job, int, Trajectory]]:
+        """Under the lock: this step's batch, dealt round-robin over the jobs
+        in arrival order (one unfinished trajectory each per round)."""
+        waiting = [[(job, i, t) for i, t in enumerate(job.trajectories) if not t.done] for job in self._jobs]
+        batch: list[tuple[Job, int, Trajectory]] = []
+        for rank in range(max((len(w) for w in waiting), default=0)):
+            for w in waiting:
+                if rank < len(w) and len(batch) < self.max_batch:
+                    batch.append(w[rank])
+        for job, _, _ in batch:
             if job.started is None:
                 job.started = now
-            if job.admitted == len(job.trajectories):
-                self._pending.popleft()
-        return active
+        return batch
 
     def _expired(self, job: Job, now: float) -> bool:
         """True (and the job ended) when it must leave: cancelled or past its deadline."""
@@ -267,9 +285,10 @@ class BatchWorker:
         if event is not None:
             job._post(event)
 
-    def _deliver(self, active):
-        still = []
-        for job, i, tr in active:
+    def _deliver(self, batch) -> None:
+        for job, i, tr in batch:
+            if job.ended:  # cancelled while the step ran
+                continue
             res = tr.latest
             if res.done or (job.every and res.step % job.every == 0):
                 job._post(ImageStep(i, dataclasses.replace(res, sample=res.sample.copy(),
@@ -279,6 +298,10 @@ class BatchWorker:
                 job.remaining -= 1
                 if job.finished:
                     job.ended = True
-            else:
-                still.append((job, i, tr))
-        return still
+
+
+def _rows_left(job: Job) -> int:
+    """UNet rows the job still needs (all it asked for until its trajectories are attached)."""
+    if not job.trajectories:
+        return job.rows
+    return sum((t.steps - t.index) * t.sampling.unet_rows for t in job.trajectories)

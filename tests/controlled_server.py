@@ -68,13 +68,10 @@ class StepGate:
 
 
 class StandInUNet:
-    """The real UNet's attributes, but a forward that sleeps and predicts zeros."""
+    """In place of the pipeline's UNet call: sleeps, then predicts zeros."""
 
-    def __init__(self, unet, step_s: float):
-        self._unet, self._step_s = unet, step_s
-
-    def __getattr__(self, name):
-        return getattr(self._unet, name)
+    def __init__(self, step_s: float):
+        self._step_s = step_s
 
     def __call__(self, x, timesteps, class_labels=None):
         time.sleep(self._step_s)
@@ -85,7 +82,7 @@ def loader(gate: StepGate, engine: str, step_s: float):
     def load(folder) -> DigitPipeline:
         pipe = DigitPipeline.from_pretrained(folder)
         if engine == "stand-in":
-            pipe.unet = StandInUNet(pipe.unet, step_s)
+            pipe.run_unet = StandInUNet(step_s)  # what DigitPipeline.step calls for its batched forward
         real_step = pipe.step
 
         def gated_step(trajectories):

@@ -129,3 +129,21 @@ def test_cross_origin_requests_are_refused_unless_allowed(client, server, tiny_w
                           headers={"Origin": "http://evil.example"}).status_code == 403
     finally:
         srv.stop()
+
+
+def test_a_request_costing_more_than_the_server_takes_is_a_422(client):
+    r = client.post("/generate", params={"label": 8, "steps": 1000, "scheduler": "ddpm", "n": 64,
+                                         "guidance_scale": 2})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["detail"][0]["loc"] == ["query", "n"] and "128,000 UNet rows" in body["message"]
+    assert "at most 8,192" in body["message"]
+    one = client.post("/generate", params={"label": 8, "steps": 1000, "scheduler": "ddpm", "n": 1,
+                                           "guidance_scale": 2})  # 2,000 rows: within the cap
+    assert one.status_code == 200
+
+
+def test_a_gif_past_the_pixel_cap_is_a_422(client):
+    r = client.get("/generate.gif", params={"label": 8, "steps": 1000, "scheduler": "ddim", "every": 1, "size": 512})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"][-1] == "every" and "1001 frames of 512x512" in r.json()["message"]

@@ -157,6 +157,37 @@ def test_shutdown_lets_the_open_request_finish(engine, tiny_weights, tmp_path):
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
+def test_a_light_request_is_not_starved_behind_a_heavy_one(engine, tiny_weights, tmp_path):
+    """Four batch places; a request for 8 images of 8 steps arrives first, a
+    one-image 5-step request after it. The places are dealt round-robin over
+    the requests, so the light one rides every step and is done after its
+    own 5 steps; first come first served would keep it out until the heavy
+    one's first four images were done (8 steps, then 5 of its own: 13 > 7)."""
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", **ENGINES[engine], max_batch=4, deadline_s=DEADLINE_S)
+    try:
+        srv.control("hold")
+        heavy = in_background(lambda: httpx.post(srv.url + "/generate", timeout=60,
+                                                 params={"label": 3, "n": 8, "steps": 8, "scheduler": "ddim"}))
+        waiting = lambda: srv.metric("digitgen_inflight_trajectories") + srv.metric("digitgen_queue_depth")  # noqa
+        end = time.monotonic() + 30
+        while waiting() < 8:
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        light = in_background(lambda: httpx.post(srv.url + "/generate", params={"label": 4, "steps": 5}, timeout=60))
+        while waiting() < 9:
+            assert time.monotonic() < end
+            time.sleep(0.02)
+        srv.control("step 7")  # the heavy job's first step (taken before the light one came), then 5 + 1 spare
+        r = light()
+        assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+        assert srv.metric("digitgen_images_generated_total") == 1  # the heavy one is far from done
+        srv.control("run")
+        assert heavy().status_code == 200
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
 def test_sigterm_finishes_what_it_can_and_ends_the_rest_cleanly(engine, tiny_weights, tmp_path):
     """SIGTERM with three requests in flight: nothing new is taken, a short
     one finishes, and when the grace period (5 s, on the test's clock) is

@@ -240,8 +240,9 @@ async def info(svc: ServiceDep) -> Info:
             model={"num_labels": pipe.num_labels, "sample_shape": list(pipe.sample_shape),
                    "parameters": pipe.unet.num_parameters(), "scheduler_class": pipe.scheduler_class},
             defaults=vars(pipe.defaults),
-            limits={**ALLOWED, "max_steps": pipe.max_steps, "max_batch": s.max_batch, "max_queue": s.max_queue,
-                    "deadline_s": s.deadline_s},
+            limits={**ALLOWED, "max_steps": pipe.max_steps, "max_request_rows": s.max_request_rows,
+                    "max_gif_pixels": s.max_gif_pixels, "max_batch": s.max_batch, "max_queue": s.max_queue,
+                    "max_backlog_rows": s.max_backlog_rows, "deadline_s": s.deadline_s},
             schedulers=list(pipe.samplers))
     models = {name: describe(pipe) for name, pipe in svc.pipes.items()}
     return Info(**models[svc.default_model].model_dump(), default_model=svc.default_model, models=models)

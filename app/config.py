@@ -15,6 +15,10 @@
     DIGITGEN_MAX_BODY_BYTES request bodies larger than this are a 413 (default 65536)
     DIGITGEN_BODY_TIMEOUT_S seconds a request body may take to arrive, else 408 (default 10)
     DIGITGEN_MAX_CONNECTIONS concurrent connections `serve` accepts before answering 503 (default 200)
+    DIGITGEN_API_KEYS       comma-separated API keys; when set (or DIGITGEN_API_KEYS_FILE, one key a line)
+                            every endpoint but the probes, metrics and page needs Authorization: Bearer <key>
+    DIGITGEN_RATE_LIMIT     requests a second per client (API key, else address); 0 = off (default)
+    DIGITGEN_RATE_BURST     requests a client may send at once before the rate applies (default 20)
     DIGITGEN_CORS_ORIGINS   comma-separated origins allowed to call the API from a browser (default: none)
     DIGITGEN_DEFAULT_MODEL  base or fast: the model a request without `model` gets (default: fast when
                             WEIGHTS/fast is there, else base)
@@ -52,6 +56,10 @@ class Settings:
     max_request_rows: int = 8192
     max_backlog_rows: int = 32768
     max_gif_pixels: int = 50 * 512 * 512
+    api_keys: str = ""
+    api_keys_file: str = ""
+    rate_limit: float = 0.0
+    rate_burst: int = 20
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
@@ -62,7 +70,8 @@ class Settings:
                   "max_body_bytes": self.max_body_bytes >= 0, "body_timeout_s": self.body_timeout_s > 0,
                   "max_connections": self.max_connections >= 1, "max_request_rows": self.max_request_rows >= 1,
                   "max_backlog_rows": self.max_backlog_rows >= self.max_request_rows,
-                  "max_gif_pixels": self.max_gif_pixels >= 28 * 28 * 2}
+                  "max_gif_pixels": self.max_gif_pixels >= 28 * 28 * 2, "rate_limit": self.rate_limit >= 0,
+                  "rate_burst": self.rate_burst >= 1}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range")
@@ -87,6 +96,17 @@ class Settings:
             return cls(**values)
         except ConfigError as e:
             raise ConfigError(f"{e} (see DIGITGEN_* environment variables)") from None
+
+    def api_key_list(self) -> tuple[str, ...]:
+        """The keys from DIGITGEN_API_KEYS and DIGITGEN_API_KEYS_FILE (read now)."""
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file:
+            try:
+                keys += [line.strip() for line in Path(self.api_keys_file).read_text().splitlines()
+                         if line.strip() and not line.startswith("#")]
+            except OSError as e:
+                raise ConfigError(f"DIGITGEN_API_KEYS_FILE={self.api_keys_file!r} cannot be read: {e}") from None
+        return tuple(keys)
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from engine.nn import runtime
 from engine.pipeline import DigitPipeline
 
 from .config import ConfigError, Settings
+from .gate import Gate
 from .http import HttpLimits
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .routes import STATIC, router
@@ -128,6 +129,18 @@ def _echo(value):
     return value
 
 
+def _access_log_to_stderr() -> None:
+    """The JSON access lines go to stderr, one per request, unless the
+    embedding application has configured the logger itself."""
+    logger = logging.getLogger("digitgen.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def _drain_on_signals(svc: Service) -> None:
     """On SIGTERM/SIGINT, before uvicorn's own handler (which stops taking
     connections and then waits up to the graceful period for open ones): the
@@ -187,12 +200,19 @@ def create_app(settings: Settings | None = None, *,
     app.state.metrics.ready_fn = lambda: float(bool(app.state.service and app.state.service.ready))
     app.add_exception_handler(RequestValidationError, validation_error)
     limits = settings or Settings()
+    try:
+        keys = limits.api_key_list()
+    except ConfigError as e:  # reported by the lifespan, as one line
+        app.state.startup_error, app.state.settings, keys = f"digitgen cannot start: {e}", None, ()
+    # outermost last: metrics see everything, CORS answers preflights, the gate refuses before a body is read
     app.add_middleware(HttpLimits, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
                        cors_origins=limits.cors_origin_list)
+    app.add_middleware(Gate, api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst)
+    _access_log_to_stderr()
     if limits.cors_origin_list:  # off unless configured
         app.add_middleware(CORSMiddleware, allow_origins=list(limits.cors_origin_list), allow_methods=["GET", "POST"],
                            allow_headers=["content-type", "authorization", "last-event-id"],
-                           expose_headers=["x-seed", "x-model", "x-steps", "x-scheduler", "retry-after"])
+                           expose_headers=["x-seed", "x-model", "x-steps", "x-scheduler", "retry-after", "x-request-id"])
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -213,6 +233,7 @@ def serve(host: str | None = None, port: int | None = None, weights: str | Path 
         return 2
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
                             timeout_graceful_shutdown=settings.graceful_s or None,
+                            access_log=False,                      # the app writes JSON access lines
                             # past this many connections (streams included) uvicorn answers 503
                             limit_concurrency=settings.max_connections,
                             timeout_keep_alive=5,                  # idle keep-alive connections close

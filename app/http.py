@@ -23,9 +23,11 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy"
                     (b"x-frame-options", b"DENY")]
 
 
-async def problem(send, status: int, detail: str, headers: list | None = None) -> None:
-    """A JSON error in the app's shape ({detail, message}) straight from the middleware."""
-    body = json.dumps({"detail": detail, "message": detail}).encode()
+async def problem(send, status: int, detail, headers: list | None = None) -> None:
+    """A JSON error in the app's shape straight from the middleware: {detail,
+    message}, where a 422's detail lists its issues as FastAPI's do."""
+    message = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in detail) if isinstance(detail, list) else detail
+    body = json.dumps({"detail": detail, "message": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -86,8 +88,9 @@ class HttpLimits:
         seen: dict[str, str] = {}
         for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
             if name in seen and seen[name] != value:
-                return 422, (f"{name[:40]} is given twice in the query string with different values "
-                             f"({seen[name][:40]!r}, {value[:40]!r}); give it once")
+                return 422, [{"type": "value_error", "loc": ["query", name[:40]], "input": value[:40],
+                              "msg": f"{name[:40]} is given twice in the query string with different values "
+                                     f"({seen[name][:40]!r}, {value[:40]!r}); give it once"}]
             seen[name] = value
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):

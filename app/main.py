@@ -21,9 +21,11 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler as fastapi_http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +36,7 @@ from engine.pipeline import DigitPipeline
 from .config import ConfigError, Settings
 from .gate import Gate
 from .http import HttpLimits
+from .openapi import build_openapi
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .routes import STATIC, router
 from .schemas import ALLOWED
@@ -181,6 +184,17 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": errors, "message": "; ".join(lines)}, status_code=422)
 
 
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own HTTP errors, with one change: a body it cannot even
+    decode (not UTF-8) is a 422 on the body like any other bad body, not a
+    bare 400."""
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        return await validation_error(request, RequestValidationError([{
+            "type": "json_invalid", "loc": ("body",), "input": None,
+            "msg": "the body could not be decoded: send JSON in UTF-8"}]))
+    return await fastapi_http_exception_handler(request, exc)
+
+
 def create_app(settings: Settings | None = None, *,
                load_pipeline: Callable[[Path], DigitPipeline] = DigitPipeline.from_pretrained,
                clock: Callable[[], float] = time.monotonic) -> FastAPI:
@@ -199,6 +213,7 @@ def create_app(settings: Settings | None = None, *,
     app.state.settings = settings
     app.state.metrics.ready_fn = lambda: float(bool(app.state.service and app.state.service.ready))
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     limits = settings or Settings()
     try:
         keys = limits.api_key_list()
@@ -216,6 +231,7 @@ def create_app(settings: Settings | None = None, *,
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.openapi = lambda: build_openapi(app)
     return app
 
 

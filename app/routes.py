@@ -18,8 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from . import render
 from .metrics import CONTENT_TYPE
 from .request import Generation, Given, resolve
+from .openapi import GENERATION_ERRORS, SERVICE_ERRORS
 from .schemas import (ALLOWED, BODY_EXAMPLES, GenerateBody, GenerateParams, GeneratedImage, GenerateResult, GifParams,
-                      Info, ModelInfo, Problem, StreamParams)
+                      Info, ModelInfo, StreamParams)
 from .service import Service, status_of
 from .worker import EngineFailure, FailedEvent
 
@@ -27,11 +28,7 @@ STATIC = Path(__file__).parent / "static"
 GIF_ENCODES = asyncio.Semaphore(2)
 router = APIRouter()
 
-ERRORS = {
-    422: {"model": Problem, "description": "A parameter is out of range; `message` names it and its range."},
-    503: {"model": Problem, "description": "Not ready, shutting down, or the queue is full (see Retry-After)."},
-    504: {"model": Problem, "description": "The request did not finish within the server's deadline."},
-}
+
 
 
 def service(request: Request) -> Service:
@@ -64,7 +61,7 @@ def _headers(gen: Generation, job, t_done: float) -> dict:
     responses={200: {"description": "The PNG (a grid for n > 1), or JSON with format=json. "
                                     "The X-Seed header holds the seed used.",
                      "content": {"image/png": {}, "application/json": {
-                         "schema": {"$ref": "#/components/schemas/GenerateResult"}}}}, **ERRORS},
+                         "schema": {"$ref": "#/components/schemas/GenerateResult"}}}}, **GENERATION_ERRORS},
 )
 async def generate(
     request: Request, svc: ServiceDep, query: Annotated[GenerateParams, Query()],
@@ -105,7 +102,11 @@ async def generate(
 
 
 # -- GET /generate/stream (SSE) ------------------------------------------------
-_EVENT_ID = re.compile(r"(0|[1-9][0-9]{0,9})-(0|[1-9][0-9]{0,3}|done)")  # <seed>-<step>, both bounded
+# <seed>-<step> or <seed>-done as the stream sends them: a seed 0..2^32-1, a step 0..1000
+_SEED = (r"(0|[1-9][0-9]{0,8}|[1-3][0-9]{9}|4[01][0-9]{8}|42[0-8][0-9]{7}|429[0-3][0-9]{6}|4294[0-8][0-9]{5}"
+         r"|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[01][0-9]{2}|42949672[0-8][0-9]|429496729[0-5])")
+EVENT_ID = f"^{_SEED}-(0|[1-9][0-9]{{0,2}}|1000|done)$"
+_EVENT_ID = re.compile(EVENT_ID)
 
 
 class StreamPlan:
@@ -116,7 +117,8 @@ class StreamPlan:
 async def stream_plan(
     svc: ServiceDep, query: Annotated[StreamParams, Query()],
     last_event_id: Annotated[str | None, Header(description="Sent by EventSource when it reconnects: the "
-                                                "stream resumes after that step (same seed).")] = None,
+                                                "stream resumes after that step (same seed).",
+                                                pattern=EVENT_ID)] = None,
 ):
     """Admission happens here, before the stream starts, so a full queue is a
     real 503 (with Retry-After) and not an event inside a 200."""
@@ -156,7 +158,9 @@ async def stream_plan(
                 "`event: start` {seed, total, ..., x_t}: the initial noise; then `event: step` "
                 "{step, total, timestep, x_t, x0} every k-th step (x_t: the noisy sample, x0: the model's estimate "
                 "of the final digit, both base64 PNG), ids `<seed>-<step>`; then `event: done` {image, seed, ...}. "
-                "On failure `event: error` {status, detail}.")}, **ERRORS})
+                "On failure `event: error` {status, detail}.")},
+                       204: {"description": "Last-Event-ID says the client already has the image: nothing to send."},
+                       **GENERATION_ERRORS})
 async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> AsyncIterable[ServerSentEvent]:
     gen, job, size = plan.gen, plan.job, plan.size
     sm = gen.sampling
@@ -197,7 +201,7 @@ async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> 
                              "description": "frames=x0 (default): the model's estimate of the digit after every "
                                             "kept step; frames=xt: the initial noise, then x_t after every kept "
                                             "step. The last frame (the digit) is held. X-Seed: the seed."},
-                       **ERRORS})
+                       **GENERATION_ERRORS})
 async def generate_gif(request: Request, svc: ServiceDep, query: Annotated[GifParams, Query()]) -> Response:
     given = Given(query)
     gen = resolve(svc.pipes, svc.default_model, given, max_rows=svc.settings.max_request_rows)
@@ -231,7 +235,8 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/info", tags=["service"], response_model=Info, summary="Models, sampling defaults and limits")
+@router.get("/info", tags=["service"], response_model=Info, summary="Models, sampling defaults and limits",
+            responses=SERVICE_ERRORS)
 async def info(svc: ServiceDep) -> Info:
     s = svc.settings
 
@@ -254,7 +259,8 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", tags=["service"], summary="Readiness: weights loaded and the engine worker running",
-            responses={503: {"model": Problem}})
+            responses={503: {"description": "Not ready (yet, or any more).", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}}}}})
 async def readyz(request: Request):
     svc: Service | None = getattr(request.app.state, "service", None)
     if svc is None or not svc.ready:

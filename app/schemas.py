@@ -4,7 +4,7 @@ these definitions."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -54,7 +54,7 @@ DOCS = {
     "gif_every": "Keep every k-th step as a GIF frame (the last always). Default: about 50 frames at most.",
 }
 
-EXAMPLES = {"model": "fast", "label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, "seed": 42, "n": 1, "size": 112,
+EXAMPLES = {"model": "base", "label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, "seed": 42, "n": 1, "size": 112,
             "format": "png", "every": 1, "frames": "x0"}
 
 
@@ -109,11 +109,17 @@ class GenerateBody(GenerateParams):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON: no true-as-1, no "5"-as-5
 
 
+def _required(name: str):
+    return Field(description=DOCS[name], examples=[EXAMPLES[name]], **BOUNDS[name][0])
+
+
 class StreamParams(SampleParams):
+    label: int = _required("label")  # no body here: the query string must carry it
     every: int | None = _field("every")
 
 
 class GifParams(SampleParams):
+    label: int = _required("label")
     frames: Frames | None = _field("frames")
     every: int | None = _field("every", DOCS["gif_every"])
 
@@ -147,7 +153,24 @@ class GenerateResult(BaseModel):
 
 
 class Problem(BaseModel):
+    """Every error but a 422: what went wrong, in words."""
     detail: str
+    message: str | None = Field(None, description="The same, where the service adds it.")
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[str | int] = Field(description="Where: (query | body | header, field).")
+    msg: str
+    input: Any = None
+    ctx: dict | None = None
+    url: str | None = None
+
+
+class ValidationProblem(BaseModel):
+    """A 422: every parameter that was wrong, and one line a person can read."""
+    detail: list[ValidationIssue]
+    message: str = Field(description="The field, what was wrong and the allowed range.")
 
 
 class ModelInfo(BaseModel):

@@ -1,0 +1,49 @@
+"""The OpenAPI document, as the service really answers.
+
+FastAPI files an endpoint's extra responses under the endpoint's own media
+type, so the event stream's JSON errors would be documented as
+text/event-stream; here every error is documented as the JSON it is, with
+its real shape (a 422 lists its issues; other errors say what went wrong),
+and the models only referenced by hand (GenerateResult) are in the
+components."""
+from __future__ import annotations
+
+from fastapi.openapi.utils import get_openapi
+
+from .schemas import GenerateResult, Problem, ValidationProblem
+
+WHY = {
+    401: "An API key is required (when the server has keys): Authorization: Bearer <key>.",
+    403: "A cross-origin request from an origin the server does not allow.",
+    408: "The request body did not arrive in time.",
+    413: "The request body is larger than the server takes.",
+    422: "A parameter is wrong: `detail` lists each, `message` names the field and its allowed values.",
+    429: "This client sends too many requests (its own rate limit); see Retry-After.",
+    503: "Not ready, shutting down, or too much work admitted already; see Retry-After.",
+    504: "The request did not finish within the server's deadline.",
+}
+
+
+def errors(*codes: int) -> dict:
+    """`responses=` entries for these error codes, each as JSON."""
+    return {code: {"description": WHY[code], "content": {"application/json": {"schema": {
+        "$ref": f"#/components/schemas/{(ValidationProblem if code == 422 else Problem).__name__}"}}}}
+        for code in codes}
+
+
+GENERATION_ERRORS = errors(401, 403, 408, 413, 422, 429, 503, 504)
+SERVICE_ERRORS = errors(401, 403, 429)
+
+
+def build_openapi(app) -> dict:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (GenerateResult, Problem, ValidationProblem):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        components.pop("HTTPValidationError", None)  # FastAPI's own 422 shape: never sent here
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -55,3 +55,15 @@ def test_a_quick_service_bench_does_not_replace_the_recorded_result(tiny_weights
                            "--quick", "--model", "fast"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert recorded.read_bytes() == before
+
+
+def test_soak_bench_smoke_loses_nothing(tiny_weights, tmp_path):
+    out = tmp_path / "soak.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--weights", str(tiny_weights),
+                           "--minutes", "0.1", "--clients", "4", "--light-seconds", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    info = json.loads(out.read_text())
+    assert info["soak"]["unexpected_count"] == 0 and info["soak"]["requests"] > 0
+    assert set(info["burst"]["statuses"]) <= {"503", "200"}
+    assert info["soak"]["usage"]["peak_rss_mb"] > 0

@@ -1,0 +1,277 @@
+"""Soak and burst benchmark of the service on loopback (bounded).
+
+    python bench/soak.py                          # 16 clients for 10 minutes, shipped weights
+    python bench/soak.py --minutes 2 --clients 8  # shorter
+    python bench/soak.py --weights /tmp/tiny --minutes 0.2 --json /tmp/soak.json   # smoke run
+
+Phases, against one server of its own:
+1. burst: 50 requests at once against a server whose backlog is already
+   full: how fast the 503s come back (p50/p99), and that they are 503s.
+2. heavy beside light: five requests at the maximum cost run while a
+   client asks for one 20-step digit after another: the light requests' p95.
+3. soak: mixed clients for --minutes — PNG, JSON, GIF and stream requests
+   of both models, clients that leave early, slow readers, heavy requests
+   beside light ones — recording every request's outcome per endpoint, and
+   the server's RSS, threads and open files (from /proc) at start, peak
+   and end. Nothing may be lost: every request ends in a status we
+   expected (2xx, 422 for the deliberately bad ones, 503/429 under
+   pressure), none in a 500 or a transport error we did not cause.
+
+Prints a table and writes JSON (default bench/results/soak.json).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from bench.report import write_json  # noqa: E402
+from engine import paths  # noqa: E402
+
+
+class Server:
+    def __init__(self, weights: Path, **settings):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "DIGITGEN_PORT": str(self.port),
+               **{f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.proc = subprocess.Popen([sys.executable, "-m", "digitgen", "serve"], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > end:
+                raise SystemExit("the server did not become ready")
+            time.sleep(0.2)
+
+    def usage(self) -> dict:
+        """RSS (MB), threads and open files of the server process."""
+        pid = self.proc.pid
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        threads = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+        return {"rss_mb": rss / 1024, "threads": threads, "open_files": len(os.listdir(f"/proc/{pid}/fd"))}
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        return self.proc.wait(60)
+
+
+def percentiles(xs: list[float]) -> dict:
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "p50": float(np.percentile(xs, 50)), "p95": float(np.percentile(xs, 95)),
+            "p99": float(np.percentile(xs, 99)), "max": float(max(xs))}
+
+
+# -- phases ---------------------------------------------------------------------------
+def burst(url: str, heavy: dict, n: int = 50) -> dict:
+    """Fill the backlog with heavy requests, then fire n more at once."""
+    def fill():  # gives up (and so cancels its work) once the burst is over
+        try:
+            httpx.post(url + "/generate", params=heavy, timeout=8)
+        except httpx.TimeoutException:
+            pass
+    fillers = [threading.Thread(target=fill) for _ in range(6)]
+    for t in fillers:
+        t.start()
+    time.sleep(2.0)
+    out: list[tuple[int, float]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(n)
+
+    def one():
+        with httpx.Client(timeout=60) as c:
+            barrier.wait()
+            t0 = time.perf_counter()
+            r = c.post(url + "/generate", params=heavy)
+            with lock:
+                out.append((r.status_code, time.perf_counter() - t0))
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [dt for code, dt in out if code == 503]
+    for t in fillers:
+        t.join()
+    return {"requests": n, "statuses": dict(Counter(code for code, _ in out)), "refusal_s": percentiles(refused)}
+
+
+def heavy_beside_light(url: str, heavy: dict, light: dict, seconds: float) -> dict:
+    """Five maximum-cost requests run; one client asks light requests meanwhile."""
+    heavy_codes: list = []
+
+    def run_heavy():  # held for the phase, then the client gives up and its work is cancelled
+        try:
+            r = httpx.post(url + "/generate", params=heavy, timeout=seconds + 5)
+            heavy_codes.append(r.status_code)
+        except httpx.TimeoutException:
+            heavy_codes.append("gave up")
+    hs = [threading.Thread(target=run_heavy) for _ in range(5)]
+    for t in hs:
+        t.start()
+    time.sleep(1.0)
+    lat, codes = [], Counter()
+    end = time.monotonic() + seconds
+    with httpx.Client(timeout=600) as c:
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            r = c.post(url + "/generate", params=light)
+            codes[r.status_code] += 1
+            if r.status_code == 200:
+                lat.append(time.perf_counter() - t0)
+    for t in hs:
+        t.join()
+    return {"heavy": heavy, "light": light, "light_latency_s": percentiles(lat), "light_statuses": dict(codes),
+            "heavy_statuses": dict(Counter(heavy_codes))}
+
+
+def soak(server: Server, clients: int, seconds: float, models: list[str], seed: int = 0) -> dict:
+    url = server.url
+    outcomes: dict[str, Counter] = defaultdict(Counter)
+    latencies: dict[str, list[float]] = defaultdict(list)
+    unexpected: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    usage = [server.usage()]
+
+    def record(kind, code, dt, ok):
+        with lock:
+            outcomes[kind][str(code)] += 1
+            if code == 200:
+                latencies[kind].append(dt)
+            if not ok:
+                unexpected.append(f"{kind}: {code}")
+
+    def client(k: int):
+        rng = random.Random(seed * 1000 + k)
+        with httpx.Client(base_url=url, timeout=300) as c:
+            while time.monotonic() < stop_at:
+                model = rng.choice(models)
+                kind = rng.choices(["png", "json", "gif", "stream", "leave", "slow", "bad", "heavy"],
+                                   [30, 10, 8, 15, 8, 5, 8, 4])[0]
+                params = {"model": model, "label": rng.randrange(10), "seed": rng.randrange(2**32)}
+                t0 = time.perf_counter()
+                try:
+                    if kind in ("png", "heavy"):
+                        if kind == "heavy":
+                            params |= {"n": 16}
+                        r = c.post("/generate", params=params)
+                        record(kind, r.status_code, time.perf_counter() - t0, r.status_code in (200, 503, 429))
+                    elif kind == "json":
+                        r = c.post("/generate", json={**params, "n": 2, "format": "json"})
+                        record(kind, r.status_code, time.perf_counter() - t0, r.status_code in (200, 503, 429))
+                    elif kind == "gif":
+                        r = c.get("/generate.gif", params={**params, "size": 112})
+                        record(kind, r.status_code, time.perf_counter() - t0, r.status_code in (200, 503, 429))
+                    elif kind == "bad":
+                        r = c.post("/generate", params={**params, "label": 12})
+                        record(kind, r.status_code, time.perf_counter() - t0, r.status_code == 422)
+                    elif kind == "leave":  # a client that gives up after the first frame
+                        with c.stream("GET", "/generate/stream", params=params) as r:
+                            for line in r.iter_lines():
+                                if line.startswith("event: step"):
+                                    break
+                        record(kind, r.status_code, time.perf_counter() - t0, r.status_code in (200, 503, 429))
+                    else:  # stream read to the end, or read slowly
+                        with c.stream("GET", "/generate/stream", params=params) as r:
+                            last = None
+                            for line in r.iter_lines():
+                                if line.startswith("event:"):
+                                    last = line
+                                if kind == "slow":
+                                    time.sleep(0.05)
+                        good = r.status_code in (503, 429) or last == "event: done"
+                        record(kind, r.status_code, time.perf_counter() - t0, good)
+                except httpx.TransportError as e:
+                    record(kind, type(e).__name__, time.perf_counter() - t0, False)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(1.0)
+        usage.append(server.usage())
+    time.sleep(2.0)
+    usage.append(server.usage())
+    return {"clients": clients, "seconds": seconds, "models": models,
+            "outcomes": {k: dict(v) for k, v in outcomes.items()},
+            "latency_s": {k: percentiles(v) for k, v in latencies.items()},
+            "requests": sum(sum(v.values()) for v in outcomes.values()), "unexpected": unexpected[:50],
+            "unexpected_count": len(unexpected),
+            "usage": {"start": usage[0], "peak_rss_mb": max(u["rss_mb"] for u in usage),
+                      "peak_threads": max(u["threads"] for u in usage),
+                      "peak_open_files": max(u["open_files"] for u in usage), "end": usage[-1]}}
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default=str(paths.WEIGHTS))
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--light-seconds", type=float, default=60.0, help="length of the heavy-beside-light phase")
+    p.add_argument("--json", default=str(ROOT / "bench" / "results" / "soak.json"))
+    args = p.parse_args(argv)
+    weights = Path(args.weights)
+    models = ["base", "fast"] if (weights / "fast").is_dir() else ["base"]
+    server = Server(weights, default_model="base")
+    try:
+        info = httpx.get(server.url + "/info").json()
+        max_rows = info["limits"]["max_request_rows"]
+        heavy = {"label": 8, "scheduler": "ddpm", "guidance_scale": 2, "steps": 1000, "n": max(1, max_rows // 2000)}
+        light = {"label": 5, "steps": 20}
+        started = server.usage()
+        result = {"server_start": started,
+                  "burst": burst(server.url, heavy),
+                  "heavy_beside_light": heavy_beside_light(server.url, heavy, light, args.light_seconds),
+                  "soak": soak(server, args.clients, args.minutes * 60, models)}
+        result["exit_status"] = server.stop()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    result["machine"] = {"cpus": os.cpu_count(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+                         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
+    s, b, h = result["soak"], result["burst"], result["heavy_beside_light"]
+    print(f"burst of {b['requests']} on a full backlog: {b['statuses']}; 503 in "
+          f"p50 {b['refusal_s'].get('p50', float('nan')) * 1e3:.1f} ms, p99 {b['refusal_s'].get('p99', float('nan')) * 1e3:.1f} ms")
+    print(f"light {h['light']} beside five of {h['heavy']}: p50 {h['light_latency_s'].get('p50', float('nan')):.2f} s, "
+          f"p95 {h['light_latency_s'].get('p95', float('nan')):.2f} s; {h['light_statuses']}")
+    print(f"soak: {s['clients']} clients, {s['seconds']:.0f} s, {s['requests']} requests, "
+          f"{s['unexpected_count']} unexpected")
+    for kind, counts in sorted(s["outcomes"].items()):
+        lat = s["latency_s"].get(kind, {})
+        print(f"  {kind:7} {str(counts):40} p50 {lat.get('p50', float('nan')):6.2f} s  "
+              f"p95 {lat.get('p95', float('nan')):6.2f} s  p99 {lat.get('p99', float('nan')):6.2f} s")
+    u = s["usage"]
+    print(f"server RSS {u['start']['rss_mb']:.0f} MB at start, {u['peak_rss_mb']:.0f} peak, {u['end']['rss_mb']:.0f} "
+          f"at end; threads {u['start']['threads']}->{u['peak_threads']}->{u['end']['threads']}; open files "
+          f"{u['start']['open_files']}->{u['peak_open_files']}->{u['end']['open_files']}; exit {result['exit_status']}")
+    write_json(args.json, result)
+    return 0 if s["unexpected_count"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -104,3 +104,33 @@ def test_model_toggle_switches_defaults_and_limits_and_runs_the_fast_model(brows
     assert not page.is_disabled("#guidance")
     assert errors == []
     page.close()
+
+
+OUTSIDE = """() => { const W = document.documentElement.clientWidth; const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (r.width && (r.right > W + 0.5 || r.left < -0.5)) out.push(`${el.tagName}#${el.id} ${r.left}-${r.right}`);
+  }
+  return {width: W, scroll: document.documentElement.scrollWidth, outside: out}; }"""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [1280, 390])
+def test_page_fits_desktop_and_phone_widths(browser, server, width):
+    """Nothing wider than the screen or cut off at its edge, before and after
+    a result (the result row with its download buttons is the widest part)."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelector('#model').options.length === 2")
+    assert page.is_hidden("#result")
+    before = page.evaluate(OUTSIDE)
+    page.fill("#steps", "4")
+    page.click("#go")
+    page.wait_for_function("() => document.body.dataset.state === 'done'", timeout=30000)
+    assert page.is_visible("#result") and page.is_visible("#dl-png") and page.is_visible("#dl-gif")
+    after = page.evaluate(OUTSIDE)
+    for layout in (before, after):
+        assert layout["scroll"] == layout["width"] == width and layout["outside"] == [], layout
+    size = page.eval_on_selector("#dl-size", "s => s.getBoundingClientRect().width")
+    assert size >= 80  # the size menu shows its value, not a bare arrow
+    page.close()

@@ -134,3 +134,38 @@ def test_page_fits_desktop_and_phone_widths(browser, server, width):
     size = page.eval_on_selector("#dl-size", "s => s.getBoundingClientRect().width")
     assert size >= 80  # the size menu shows its value, not a bare arrow
     page.close()
+
+
+@pytest.mark.browser
+def test_a_finished_run_can_be_scrubbed_and_replayed_frame_by_frame(browser, server):
+    import httpx
+
+    from conftest import sse_events
+
+    params = {"model": "base", "label": 2, "steps": 6, "scheduler": "ddim", "seed": 31, "every": 1,
+              "guidance_scale": 2}
+    with httpx.stream("GET", server.url + "/generate/stream", params=params, timeout=30) as r:
+        sent = [d for e, _, d in sse_events(r.iter_lines()) if e in ("start", "step")]
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(server.url + "/")
+    page.wait_for_function("() => document.querySelector('#model').options.length === 2")
+    assert page.is_hidden("#replay")
+    page.click("#digits button[data-digit='2']")
+    page.fill("#steps", "6")
+    page.select_option("#scheduler", "ddim")
+    page.fill("#seed", "31")
+    page.click("#go")
+    page.wait_for_function("() => document.body.dataset.state === 'done'", timeout=30000)
+    assert page.is_visible("#replay") and page.get_attribute("#scrub", "max") == "6"
+    for i, frame in enumerate(sent):  # every frame of the run, the noise first, as the server sent it
+        page.eval_on_selector("#scrub", "(s, v) => { s.value = v; s.dispatchEvent(new Event('input')); }", str(i))
+        assert page.get_attribute("#xt", "src") == "data:image/png;base64," + frame["x_t"]
+        if i:
+            assert page.get_attribute("#x0", "src") == "data:image/png;base64," + frame["x0"]
+        assert page.eval_on_selector("#progress", "p => p.value") == pytest.approx(i / 6)
+    page.select_option("#speed", "30")
+    page.click("#play")
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.replayed === '7'", timeout=10000)
+    page.wait_for_function("() => document.querySelector('#play').textContent === 'Replay'")
+    assert page.get_attribute("#xt", "src") == "data:image/png;base64," + sent[-1]["x_t"]
+    page.close()

@@ -11,11 +11,14 @@ const ui = {
   xt: $("#xt"), x0: $("#x0"), progress: $("#progress"), status: $("#status"), error: $("#error"),
   viewer: $("#viewer"), result: $("#result"), final: $("#final"), meta: $("#result-meta"),
   dlSize: $("#dl-size"), dlPng: $("#dl-png"), dlGif: $("#dl-gif"), history: $("#history"),
+  replay: $("#replay"), scrub: $("#scrub"), speed: $("#speed"), play: $("#play"),
 };
 let label = 5;
 let source = null;   // the open EventSource
 let last = null;     // parameters + seed of the last finished generation
 let models = {};     // /info's description of each loaded model
+let recorded = [];   // the frames of the current run: {step, total, timestep, x_t, x0}, the noise first
+let player = null;   // the replay timer
 const MODEL_NAMES = {fast: "Fast: distilled, a few steps", base: "Base: diffusion model"};
 const SCHEDULER_NAMES = {dpm: "DPM-Solver++ (fast)", ddim: "DDIM (deterministic)", ddpm: "DDPM (stochastic)",
                          lcm: "LCM (consistency)"};
@@ -54,6 +57,9 @@ function start() {
   let frames = 0, total = Number(p.steps), t0 = performance.now();
   showError("");
   ui.result.hidden = true;   // a new run: the old result and frames go
+  ui.replay.hidden = true;
+  stopReplay();
+  recorded = [];
   ui.xt.removeAttribute("src");
   ui.x0.removeAttribute("src");
   ui.progress.value = 0;
@@ -66,6 +72,7 @@ function start() {
     total = d.total;
     ui.xt.src = png(d.x_t);
     ui.x0.removeAttribute("src");
+    recorded.push({step: 0, total: d.total, timestep: null, x_t: d.x_t, x0: null});
     ui.seed.placeholder = `random (this one: ${d.seed})`;
     setState("running", `Pure noise · seed ${d.seed} · ${d.scheduler}, ${d.total} steps`);
   });
@@ -75,6 +82,7 @@ function start() {
     ui.x0.src = png(d.x0);
     ui.progress.value = d.step / d.total;
     ui.viewer.dataset.frames = String(++frames);
+    recorded.push(d);
     setState("running", `Step ${d.step} / ${d.total} · t = ${d.timestep}`);
   });
   es.addEventListener("done", (e) => {
@@ -106,9 +114,50 @@ function finish(d, ms) {
   ui.meta.textContent = `Digit ${d.label} · ${d.model} model · seed ${d.seed} · ${d.scheduler}, ${d.steps} steps, ` +
     `guidance ${d.guidance_scale} · ${(ms / 1000).toFixed(2)} s (queued ${(d.queue_ms / 1000).toFixed(2)} s)`;
   ui.result.hidden = false;
+  ui.scrub.max = String(recorded.length - 1);
+  ui.scrub.value = ui.scrub.max;
+  ui.replay.hidden = recorded.length < 2;
+  syncScrub();
   updateGifLink();
   addHistory(d);
   setState("done", `Done: a ${d.label} in ${d.steps} steps.`);
+}
+
+// Watching again: the frames of the finished run, one by one with the
+// slider, or played back at a chosen speed.
+function show(i) {
+  const f = recorded[i];
+  if (!f) return;
+  ui.xt.src = png(f.x_t);
+  if (f.x0) ui.x0.src = png(f.x0); else ui.x0.removeAttribute("src");
+  ui.progress.value = f.step / f.total;
+  ui.viewer.dataset.shown = String(i);
+  setState(document.body.dataset.state, f.step === 0 ? "Pure noise" :
+    `Step ${f.step} / ${f.total} · t = ${f.timestep}`);
+}
+
+function syncScrub() {
+  $("#scrub-out").textContent = `${ui.scrub.value} / ${ui.scrub.max}`;
+}
+
+function stopReplay() {
+  if (player) clearInterval(player);
+  player = null;
+  ui.play.textContent = "Replay";
+}
+
+function replay() {
+  if (player) { stopReplay(); return; }
+  let i = 0;
+  ui.play.textContent = "Pause";
+  ui.viewer.dataset.replayed = "0";
+  player = setInterval(() => {
+    ui.scrub.value = String(i);
+    syncScrub();
+    show(i);
+    ui.viewer.dataset.replayed = String(Number(ui.viewer.dataset.replayed) + 1);
+    if (++i >= recorded.length) stopReplay();
+  }, 1000 / Number(ui.speed.value));
 }
 
 function fail(text) {
@@ -255,6 +304,8 @@ ui.form.addEventListener("submit", (e) => { e.preventDefault(); start(); });
 ui.form.addEventListener("input", syncOutputs);
 ui.model.addEventListener("change", () => applyModel(ui.model.value));
 ui.scheduler.addEventListener("change", applyLimits);
+ui.scrub.addEventListener("input", () => { stopReplay(); syncScrub(); show(Number(ui.scrub.value)); });
+ui.play.addEventListener("click", replay);
 ui.stop.addEventListener("click", () => stop());
 $("#dice").addEventListener("click", () => { ui.seed.value = Math.floor(Math.random() * 2 ** 32); });
 ui.dlPng.addEventListener("click", downloadPng);

@@ -27,7 +27,8 @@ from .http import problem
 
 access_log = logging.getLogger("digitgen.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/favicon.ico")  # and /static/...
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/favicon.ico", "/docs", "/openapi.json")
+OPEN_PREFIXES = ("/static/", "/docs-assets/")
 
 
 class TokenBuckets:
@@ -92,7 +93,7 @@ class Gate:
     def _refusal(self, scope, headers) -> tuple | None:
         """(status, why, headers) when the request may not go on."""
         path = scope["path"]
-        open_path = path in OPEN_PATHS or path.startswith("/static/")
+        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
         key = None
         if self.api_keys and not open_path:
             auth = headers.get(b"authorization", b"")

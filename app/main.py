@@ -36,7 +36,7 @@ from engine.pipeline import DigitPipeline
 from .config import ConfigError, Settings
 from .gate import Gate
 from .http import HttpLimits
-from .openapi import build_openapi
+from .openapi import add_docs, build_openapi
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .routes import STATIC, router
 from .schemas import ALLOWED
@@ -200,7 +200,8 @@ def create_app(settings: Settings | None = None, *,
                clock: Callable[[], float] = time.monotonic) -> FastAPI:
     """`load_pipeline` and `clock` are there for tests that control the engine
     and time itself (tests/controlled_server.py); the service uses the defaults."""
-    app = DigitgenApp(title="digitgen", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = DigitgenApp(title="digitgen", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                      docs_url=None, redoc_url=None)  # served below from local files, not a CDN
     app.state.load_pipeline, app.state.clock = load_pipeline, clock
     app.state.metrics = ServiceMetrics(settings.max_batch if settings else 64)
     app.state.service = None
@@ -232,6 +233,7 @@ def create_app(settings: Settings | None = None, *,
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: build_openapi(app)
+    add_docs(app)
     return app
 
 

@@ -8,7 +8,12 @@ and the models only referenced by hand (GenerateResult) are in the
 components."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import fastapi_offline
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 
 from .schemas import GenerateResult, Problem, ValidationProblem
 
@@ -47,3 +52,20 @@ def build_openapi(app) -> dict:
         components.pop("ValidationError", None)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+DOC_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's files, as packaged
+
+
+def add_docs(app) -> None:
+    """/docs (Swagger UI) from files the service serves itself: it works with
+    no internet, where FastAPI's default loads from a CDN. (No ReDoc: its
+    bundle fetches a logo from its own CDN whatever it is told.)"""
+    app.mount("/docs-assets", StaticFiles(directory=DOC_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")

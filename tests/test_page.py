@@ -169,3 +169,25 @@ def test_a_finished_run_can_be_scrubbed_and_replayed_frame_by_frame(browser, ser
     page.wait_for_function("() => document.querySelector('#play').textContent === 'Replay'")
     assert page.get_attribute("#xt", "src") == "data:image/png;base64," + sent[-1]["x_t"]
     page.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("path, rendered", [("/docs", ".opblock")])
+def test_api_docs_render_with_the_network_blocked(browser, server, path, rendered):
+    """Every request not to the server itself is refused: the docs' files
+    must come from the service."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+    page.route("**/*", only_the_server)
+    page.goto(server.url + path)
+    page.wait_for_selector(rendered, timeout=20000)
+    assert page.locator(rendered).count() >= 5  # the operations are there
+    assert outside == []
+    page.close()

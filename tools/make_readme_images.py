@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from PIL import Image, ImageDraw
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +20,17 @@ sys.path.insert(0, str(ROOT))
 from engine.io.images import grid  # noqa: E402
 from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
+
+
+def labelled(img: Image.Image, names: list[str], rows: int, width: int = 64) -> Image.Image:
+    """The image with a column on its left naming each of its rows."""
+    out = Image.new(img.mode, (img.width + width, img.height), 0)
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    for r, name in enumerate(names):
+        y = int((r + 0.5) * img.height / rows)
+        draw.text((6, y - 6), name, fill=255 if img.mode == "L" else (255, 255, 255))
+    return out
 
 
 def main(argv=None) -> int:
@@ -47,12 +60,13 @@ def main(argv=None) -> int:
         pipe.step(trs)
         for i, tr in enumerate(trs):
             if tr.index % 2 == 0 or tr.done:
-                rows_xt[i].append(tr.last.sample)
-                rows_x0[i].append(tr.last.pred_original)
+                rows_xt[i].append(tr.latest.sample)
+                rows_x0[i].append(tr.latest.pred_original)
     tiles = []
     for i in range(len(trs)):
         tiles += rows_xt[i] + rows_x0[i]
-    grid(tiles, cols=len(rows_xt[0]), size=56).save(out / "denoising.png")
+    strip = grid(tiles, cols=len(rows_xt[0]), size=56)
+    labelled(strip, ["x_t", "x0 est."] * len(trs), rows=2 * len(trs)).save(out / "denoising.png")
     print(f"wrote {out / 'digits.png'} and {out / 'denoising.png'}")
     return 0
 

@@ -38,3 +38,23 @@ def set_blas_threads(n: int) -> bool:
                 fn(ctypes.c_int(n))
                 return True
     return False
+
+
+def blas_fingerprint() -> str:
+    """Which BLAS kernels this process runs, e.g. "OpenBLAS 0.3.31 ...
+    SkylakeX ... numpy 2.4.6". Seeded outputs are bit-identical on one
+    machine whatever the batch, but another CPU (another kernel set) may
+    round a GEMM differently: tests that compare recorded bytes say on
+    which fingerprint they were recorded."""
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_config64_", "scipy_openblas_get_config", "openblas_get_config64_",
+                     "openblas_get_config"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return f"{fn().decode()} numpy {np.__version__}"
+    return f"unknown BLAS, numpy {np.__version__}"

@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
+from bench.server import LocalServer  # noqa: E402
 from engine import paths  # noqa: E402
 from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
@@ -49,37 +48,6 @@ LEVELS = (1, 4, 16)
 
 
 # -- the server ------------------------------------------------------------------
-class LocalServer:
-    def __init__(self, weights: Path, max_batch: int):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "DIGITGEN_MAX_BATCH": str(max_batch),
-               "DIGITGEN_MAX_QUEUE": "1024", "DIGITGEN_DEADLINE_S": "3600"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-                                      "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                                     cwd=ROOT, env=env)
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server did not start (exit status {self.proc.returncode})")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.close()
-                raise SystemExit("the server did not become ready in 120 s")
-            time.sleep(0.2)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-
 # -- measurements ------------------------------------------------------------------
 def engine_batch_seconds(pipe: DigitPipeline, batch: int) -> float:
     """Wall time to sample `batch` digits together, in process, at the model's defaults."""
@@ -168,7 +136,8 @@ def run(args) -> dict:
         write_random_weights(weights)
     folders = {"base": weights, "fast": weights / "fast"}
     pipes = {m: DigitPipeline.from_pretrained(folders[m]) for m in args.models}  # the bench's own engine
-    server = None if args.url else LocalServer(weights, max_batch=max(LEVELS))
+    server = None if args.url else LocalServer(weights, max_batch=max(LEVELS), max_queue=1024, deadline_s=3600,
+                                                default_model="base")
     url = args.url or server.url
     rows = []
     try:

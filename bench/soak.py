@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,43 +38,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
+from bench.server import LocalServer  # noqa: E402
 from engine import paths  # noqa: E402
-
-
-class Server:
-    def __init__(self, weights: Path, **settings):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "DIGITGEN_PORT": str(self.port),
-               **{f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()}}
-        self.proc = subprocess.Popen([sys.executable, "-m", "digitgen", "serve"], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > end:
-                raise SystemExit("the server did not become ready")
-            time.sleep(0.2)
-
-    def usage(self) -> dict:
-        """RSS (MB), threads and open files of the server process."""
-        pid = self.proc.pid
-        status = Path(f"/proc/{pid}/status").read_text()
-        rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-        threads = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
-        return {"rss_mb": rss / 1024, "threads": threads, "open_files": len(os.listdir(f"/proc/{pid}/fd"))}
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(60)
 
 
 def percentiles(xs: list[float]) -> dict:
@@ -149,7 +112,7 @@ def heavy_beside_light(url: str, heavy: dict, light: dict, seconds: float) -> di
             "heavy_statuses": dict(Counter(heavy_codes))}
 
 
-def soak(server: Server, clients: int, seconds: float, models: list[str], seed: int = 0) -> dict:
+def soak(server: LocalServer, clients: int, seconds: float, models: list[str], seed: int = 0) -> dict:
     url = server.url
     outcomes: dict[str, Counter] = defaultdict(Counter)
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -237,7 +200,7 @@ def main(argv=None, prog: str | None = None) -> int:
     args = p.parse_args(argv)
     weights = Path(args.weights)
     models = ["base", "fast"] if (weights / "fast").is_dir() else ["base"]
-    server = Server(weights, default_model="base")
+    server = LocalServer(weights, default_model="base")
     try:
         info = httpx.get(server.url + "/info").json()
         max_rows = info["limits"]["max_request_rows"]
@@ -248,7 +211,7 @@ def main(argv=None, prog: str | None = None) -> int:
                   "burst": burst(server.url, heavy),
                   "heavy_beside_light": heavy_beside_light(server.url, heavy, light, args.light_seconds),
                   "soak": soak(server, args.clients, args.minutes * 60, models)}
-        result["exit_status"] = server.stop()
+        result["exit_status"] = server.close()
     finally:
         if server.proc.poll() is None:
             server.proc.kill()

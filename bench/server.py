@@ -1,0 +1,57 @@
+"""The service in a process of its own, for the benches: `digitgen serve`
+on a free loopback port with the DIGITGEN_* settings given, ready when
+/readyz says so."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class LocalServer:
+    def __init__(self, weights: Path, **settings):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "DIGITGEN_PORT": str(self.port),
+               **{f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.proc = subprocess.Popen([sys.executable, "-m", "digitgen", "serve"], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server did not start (exit status {self.proc.returncode})")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > end:
+                self.close()
+                raise SystemExit("the server did not become ready in 120 s")
+            time.sleep(0.2)
+
+    def usage(self) -> dict:
+        """RSS (MB), threads and open files of the server process (Linux /proc)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        field = {line.split(":")[0]: line.split()[1] for line in status if ":" in line and len(line.split()) > 1}
+        return {"rss_mb": int(field["VmRSS"]) / 1024, "threads": int(field["Threads"]),
+                "open_files": len(os.listdir(f"/proc/{self.proc.pid}/fd"))}
+
+    def close(self) -> int:
+        """SIGTERM, and its exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()

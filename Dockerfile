@@ -10,13 +10,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# Dependencies and code first, weights last: a retrained model rebuilds one layer.
+# Locked dependencies first (exact versions, every file's hash checked), then
+# the code, weights last: a retrained model rebuilds one layer.
+COPY requirements.lock ./
+RUN python3 -m pip install --no-compile --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY app ./app
 COPY bench ./bench
 COPY digitgen ./digitgen
-RUN python3 -m pip install --no-compile . \
+RUN python3 -m pip install --no-compile --no-deps . \
  && useradd --system --create-home --uid 10001 digitgen
 COPY weights ./weights
 

@@ -36,6 +36,7 @@ from engine.pipeline import DigitPipeline
 from .config import ConfigError, Settings
 from .gate import Gate
 from .http import HttpLimits
+from .openai_images import router as openai_router
 from .openapi import add_docs, build_openapi
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .routes import STATIC, router
@@ -231,6 +232,7 @@ def create_app(settings: Settings | None = None, *,
                            expose_headers=["x-seed", "x-model", "x-steps", "x-scheduler", "retry-after", "x-request-id"])
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(router)
+    app.include_router(openai_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: build_openapi(app)
     add_docs(app)

@@ -264,3 +264,16 @@ def test_page_and_static_files_are_served(client):
     assert page.status_code == 200 and "EventSource" not in page.text and "/static/app.js" in page.text
     assert "EventSource" in client.get("/static/app.js").text
     assert client.get("/static/style.css").status_code == 200
+
+
+def test_two_independent_servers_answer_a_seeded_request_with_the_same_bytes(tiny_weights, tmp_path):
+    """Stateless: any replica can answer any request."""
+    servers = [Server(tiny_weights, tmp_path / f"replica{i}.log") for i in range(2)]
+    try:
+        for params in ({"label": 4, "seed": 77, "steps": 5}, {"label": 2, "seed": 3, "n": 3, "model": "fast"},
+                       {"label": 9, "seed": 12, "steps": 4, "scheduler": "ddpm", "size": 56}):
+            a, b = (httpx.post(s.url + "/generate", params=params, timeout=60) for s in servers)
+            assert a.status_code == b.status_code == 200 and a.content == b.content
+    finally:
+        for s in servers:
+            s.stop()

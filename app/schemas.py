@@ -43,7 +43,8 @@ DOCS = {
                  "lcm for a consistency-distilled model.",
     "guidance_scale": "Classifier-free guidance: 0 = unconditional, 1 = conditional only, higher = more "
                       "digit-like. Default: the weights' default.",
-    "seed": "Random seed. The same seed and parameters give byte-identical images, alone or under load. "
+    "seed": "Random seed. The same seed and parameters give byte-identical images, alone or under load, on the "
+            "same kind of CPU (another CPU's BLAS kernels may move a few pixels by one grey level). "
             "Omitted: a random one, returned in the X-Seed header. With n > 1, image i uses (seed + i) mod 2^32.",
     "n": "How many images (n > 1: one grid PNG, or a list with format=json).",
     "size": "Output width in pixels (nearest-neighbour upscale of the 28x28 sample).",

@@ -15,6 +15,7 @@ import pytest
 from conftest import Server, sse_events
 
 DEADLINE_S = 30          # never reached in real time: the tests move the clock past it
+GRACE_S = 60             # the graceful period: uvicorn's own cut (real time) never comes first
 ENGINES = {"tiny": dict(engine="tiny"), "stand-in-0ms": dict(engine="stand-in", step_ms=0),
            "stand-in-200ms": dict(engine="stand-in", step_ms=200)}
 LONG = {"label": 2, "steps": 1000, "scheduler": "ddim"}
@@ -22,7 +23,7 @@ LONG = {"label": 2, "steps": 1000, "scheduler": "ddim"}
 
 def limited_server(weights, folder, engine):
     return Server(weights, folder / "uvicorn.log", **ENGINES[engine], max_batch=1, max_queue=1,
-                  deadline_s=DEADLINE_S)
+                  deadline_s=DEADLINE_S, graceful_s=GRACE_S)
 
 
 @pytest.fixture(scope="module", params=list(ENGINES))
@@ -190,10 +191,11 @@ def test_a_light_request_is_not_starved_behind_a_heavy_one(engine, tiny_weights,
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_sigterm_finishes_what_it_can_and_ends_the_rest_cleanly(engine, tiny_weights, tmp_path):
     """SIGTERM with three requests in flight: nothing new is taken, a short
-    one finishes, and when the grace period (5 s, on the test's clock) is
-    nearly over the long ones end with a 503 and an `event: error` (not a
-    bare 500 or a cut connection); then the process exits."""
-    srv = Server(tiny_weights, tmp_path / "uvicorn.log", **ENGINES[engine], max_batch=4, deadline_s=DEADLINE_S)
+    one finishes, and when the grace period (on the test's clock) is nearly
+    over the long ones end with a 503 and an `event: error` (not a bare 500
+    or a cut connection); then the process exits."""
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", **ENGINES[engine], max_batch=4, deadline_s=DEADLINE_S,
+                 graceful_s=GRACE_S)
     srv.control("hold")
     short = in_background(lambda: httpx.post(srv.url + "/generate", params={"label": 1, "steps": 3}, timeout=30))
     long = in_background(lambda: httpx.post(srv.url + "/generate", params=LONG, timeout=30))
@@ -213,7 +215,7 @@ def test_sigterm_finishes_what_it_can_and_ends_the_rest_cleanly(engine, tiny_wei
     srv.control("step 3")                 # time enough for the short one ...
     r = short()
     assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
-    srv.control("advance 5")              # ... then the grace period runs out
+    srv.control(f"advance {GRACE_S}")     # ... then the grace period runs out
     srv.control("run")
     r = long()
     assert r.status_code == 503 and "shutting down" in r.json()["detail"]

@@ -10,15 +10,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from . import render
 from .metrics import CONTENT_TYPE
-from .request import Generation, Given, resolve
 from .openapi import GENERATION_ERRORS, SERVICE_ERRORS
+from .request import Generation, Given, resolve
 from .schemas import (ALLOWED, BODY_EXAMPLES, GenerateBody, GenerateParams, GeneratedImage, GenerateResult, GifParams,
                       Info, ModelInfo, StreamParams)
 from .service import Service, status_of
@@ -27,8 +27,6 @@ from .worker import EngineFailure, FailedEvent
 STATIC = Path(__file__).parent / "static"
 GIF_ENCODES = asyncio.Semaphore(2)
 router = APIRouter()
-
-
 
 
 def service(request: Request) -> Service:

@@ -82,7 +82,14 @@ def container(pod) -> dict:
 
 @pytest.fixture(scope="module")
 def env(container) -> dict:
-    return {e["name"]: e for e in container.get("env", [])}
+    return Env({e["name"]: e for e in container.get("env", [])})
+
+
+class Env(dict):
+    """The container's env by name; a missing one fails saying which."""
+
+    def __missing__(self, name):
+        pytest.fail(f"deployment.yaml sets no {name} (it sets {sorted(self)})")
 
 
 def cpu(quantity) -> Fraction:
@@ -117,16 +124,22 @@ def test_the_pinned_kubernetes_version_is_one_kubernetes_validate_carries():
         f"{carried[-1]}, not for the pinned {KUBERNETES_VERSION}: move KUBERNETES_VERSION or bound the package")
 
 
-@pytest.mark.parametrize("path,index,doc", documents(), ids=lambda v: v if isinstance(v, str) else None)
-def test_every_document_validates_strictly_against_the_pinned_kubernetes(path, index, doc):
+def assert_valid(doc: dict, where: str) -> None:
+    problem = None
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as e:
-        where = ".".join(str(p) for p in e.path)
-        pytest.fail(f"{path} document {index} ({doc.get('kind')}) is not a valid Kubernetes {e.version} "
-                    f"object: {where}: {e.message}")
+        path = ".".join(str(p) for p in e.path)
+        problem = f"{where} ({doc.get('kind')}) is not a valid Kubernetes {e.version} object: {path}: {e.message}"
     except kubernetes_validate.SchemaNotFoundError as e:
-        pytest.fail(f"{path} document {index}: {e.message}; deploy/ holds only objects that can be validated")
+        problem = f"{where}: {e.message}; deploy/ holds only objects that can be validated"
+    if problem:  # outside the except: the message without jsonschema's traceback
+        pytest.fail(problem)
+
+
+@pytest.mark.parametrize("path,index,doc", documents(), ids=lambda v: v if isinstance(v, str) else None)
+def test_every_document_validates_strictly_against_the_pinned_kubernetes(path, index, doc):
+    assert_valid(doc, f"{path} document {index}")
 
 
 @pytest.mark.parametrize("breakage", ["port as a word", "unknown field"])
@@ -147,7 +160,7 @@ def test_one_port_everywhere(container, env, deployment):
     exposed = int(dockerfile_value(r"^EXPOSE\s+(\d+)", "EXPOSE"))
     image_env = int(dockerfile_value(r"DIGITGEN_PORT=(\d+)", "ENV DIGITGEN_PORT"))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports.get("http") == exposed, f"containerPort named http is {ports.get('http')}, the Dockerfile " \
+    assert ports.get("http") == exposed, f"containerPort named http is {ports.get('http')!r}, the Dockerfile " \
                                          f"EXPOSEs {exposed}"
     assert image_env == exposed, f"the Dockerfile sets DIGITGEN_PORT={image_env} but EXPOSEs {exposed}"
     assert int(env["DIGITGEN_PORT"]["value"]) == exposed, \
@@ -213,7 +226,8 @@ def test_every_digitgen_variable_is_a_setting_and_its_value_is_accepted(env, con
     settings = Settings.from_env(values)  # raises ConfigError, naming the variable, on a bad value
     assert settings.threads >= 1 and settings.graceful_s > 0, settings
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    keys = Path(settings.api_keys_file)
+    keys = Path(env["DIGITGEN_API_KEYS_FILE"]["value"])
+    assert Path(settings.api_keys_file) == keys, settings
     assert mounts.get("api-keys", {}).get("mountPath") == str(keys.parent), \
         f"DIGITGEN_API_KEYS_FILE is {keys}, the api-keys volume is mounted at {mounts.get('api-keys')}"
 
@@ -377,7 +391,7 @@ def test_what_kustomize_renders_validates(folder):
     kinds = sorted(d["kind"] for d in rendered)
     assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"], kinds
     for doc in rendered:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert_valid(doc, f"kubectl kustomize {folder.relative_to(ROOT)}: {doc['kind']}/{doc['metadata']['name']}")
     hpa = next(d for d in rendered if d["kind"] == "HorizontalPodAutoscaler")
     types = sorted({m["type"] for m in hpa["spec"]["metrics"]})
     assert types == (["Resource"] if folder == CPU_FALLBACK else ["Pods"]), \

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Callable
 from urllib.parse import parse_qsl
 
 # The page loads only its own script and style; images are data: URLs of
@@ -41,11 +42,26 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
+# The routes that queue work for the engine: refused at the door when it can take none.
+GENERATION_ROUTES = {("POST", "/generate"), ("GET", "/generate/stream"), ("GET", "/generate.gif")}
+
+
+def _least_cost(scope) -> tuple[int, int]:
+    """The least (images, UNet rows) the request can cost, read from its query
+    string alone: n images of `steps` steps, a row each (1 where not given
+    or not a plain number; the route checks them properly if it runs)."""
+    q = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    n, steps = (int(v) if v.isdigit() and len(v) < 5 else 1 for v in (q.get("n", "1"), q.get("steps", "1")))
+    return max(n, 1), max(n, 1) * max(steps, 1)
+
+
 class HttpLimits:
-    def __init__(self, app, *, max_body_bytes: int, body_timeout_s: float, cors_origins: tuple[str, ...] = ()):
+    def __init__(self, app, *, max_body_bytes: int, body_timeout_s: float, cors_origins: tuple[str, ...] = (),
+                 busy: Callable[[int, int], tuple[str, int] | None] = lambda images, rows: None):
         self.app = app
         self.max_body_bytes, self.body_timeout_s = max_body_bytes, body_timeout_s
         self.cors_origins = set(cors_origins)
+        self.busy = busy  # (images, rows) -> (why, retry-after seconds) when the engine cannot take that much
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -53,6 +69,12 @@ class HttpLimits:
         error = self._refused(scope)
         if error:
             return await problem(send, *error)
+        if (scope["method"], scope["path"]) in GENERATION_ROUTES:
+            busy = self.busy(*_least_cost(scope))
+            if busy is not None:  # before the body, the parameters and the route: a burst costs little
+                why, retry_after = busy
+                return await problem(send, 503, why, [(b"retry-after", str(retry_after).encode()),
+                                                      *SECURITY_HEADERS])
         body = await self._read_body(scope, receive, send)
         if body is None:  # answered (413/408) or the client left
             return

@@ -196,6 +196,17 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return await fastapi_http_exception_handler(request, exc)
 
 
+def _busy(app: FastAPI, images: int, rows: int) -> tuple[str, int] | None:
+    """(why, Retry-After) when the engine cannot admit a request of this cost."""
+    svc = app.state.service
+    if svc is None or rows > svc.settings.max_request_rows:  # too costly for any state of the queue: the route's 422
+        return None
+    refusal = svc.worker.refusal(images, rows)
+    if refusal is None:
+        return None
+    return str(refusal), getattr(refusal, "retry_after", 5)
+
+
 def create_app(settings: Settings | None = None, *,
                load_pipeline: Callable[[Path], DigitPipeline] = DigitPipeline.from_pretrained,
                clock: Callable[[], float] = time.monotonic) -> FastAPI:
@@ -223,7 +234,7 @@ def create_app(settings: Settings | None = None, *,
         app.state.startup_error, app.state.settings, keys = f"digitgen cannot start: {e}", None, ()
     # outermost last: metrics see everything, CORS answers preflights, the gate refuses before a body is read
     app.add_middleware(HttpLimits, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
-                       cors_origins=limits.cors_origin_list)
+                       cors_origins=limits.cors_origin_list, busy=lambda images, rows: _busy(app, images, rows))
     app.add_middleware(Gate, api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst)
     _access_log_to_stderr()
     if limits.cors_origin_list:  # off unless configured

@@ -29,7 +29,9 @@ GIF_ENCODES = asyncio.Semaphore(2)
 router = APIRouter()
 
 
-def service(request: Request) -> Service:
+async def service(request: Request) -> Service:
+    # async: FastAPI runs a sync dependency in the thread pool, a thread hop
+    # (and a wait for the GIL beside the engine) on every request, 503s included
     svc: Service | None = getattr(request.app.state, "service", None)
     if svc is None or not svc.ready:
         raise HTTPException(503, "not ready: the model is not loaded", headers={"Retry-After": "5"})

@@ -176,17 +176,30 @@ class BatchWorker:
     def submit(self, job: Job) -> None:
         """Admit the job or raise (ShuttingDown, Overloaded) before any work."""
         with self._cv:
-            if self._stopping or self._drain_deadline is not None:
-                self.metrics.rejected.inc(reason="shutting_down")
-                raise ShuttingDown()
-            live = [j for j in self._jobs if not j.ended]
-            images = sum(j.remaining for j in live) + job.images
-            backlog = sum(_rows_left(j) for j in live) + _rows_left(job)
-            if images - self.max_batch > self.max_queue or backlog > self.max_backlog_rows:
-                self.metrics.rejected.inc(reason="queue_full")
-                raise Overloaded(self._retry_after(backlog - _rows_left(job)))
+            refusal = self._refusal(job.images, _rows_left(job))
+            if refusal is not None:
+                raise refusal
             self._jobs.append(job)
             self._queued += job.images
+
+    def refusal(self, images: int = 1, rows: int = 1) -> Exception | None:
+        """Why a request of at least this cost could not be admitted now,
+        else None: the front door's 503 before a request is parsed, so a
+        burst on a full server costs little (submit() still decides)."""
+        with self._cv:
+            return self._refusal(images, rows)
+
+    def _refusal(self, images: int, rows: int) -> Exception | None:
+        if self._stopping or self._drain_deadline is not None:
+            self.metrics.rejected.inc(reason="shutting_down")
+            return ShuttingDown()
+        live = [j for j in self._jobs if not j.ended]
+        backlog = sum(_rows_left(j) for j in live)
+        if sum(j.remaining for j in live) + images - self.max_batch > self.max_queue \
+                or backlog + rows > self.max_backlog_rows:
+            self.metrics.rejected.inc(reason="queue_full")
+            return Overloaded(self._retry_after(backlog))
+        return None
 
     def _retry_after(self, backlog_rows: int) -> int:
         """Seconds until the work already admitted has drained, at the

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import selectors
+import socket
 import sys
 import threading
 import time
@@ -50,6 +52,41 @@ def percentiles(xs: list[float]) -> dict:
 
 
 # -- phases ---------------------------------------------------------------------------
+def raw_burst(url: str, request: bytes, n: int, timeout: float = 60.0) -> list[tuple[int, float]]:
+    """n connections opened first, then one request written on each as fast as
+    a loop can: each response's time from its own write to its last byte.
+    Raw non-blocking sockets, because a client of 50 threads would time
+    itself: its GIL and these 2 cores are shared with the server."""
+    host, port = url.removeprefix("http://").split(":")
+    socks = [socket.create_connection((host, int(port))) for _ in range(n)]
+    time.sleep(0.5)  # let the server accept them all before the clock starts
+    sel = selectors.DefaultSelector()
+    sent, bufs, out = {}, {}, []
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        bufs[s] = b""
+    for s in socks:
+        s.send(request)  # a few hundred bytes: the socket buffer takes it whole
+        sent[s] = time.perf_counter()
+    end = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < end:
+        for key, _ in sel.select(timeout=1.0):
+            s = key.fileobj
+            chunk = s.recv(1 << 16)
+            t = time.perf_counter()
+            bufs[s] += chunk
+            head, sep, body = bufs[s].partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if (sep and length is not None and len(body) >= length) or not chunk:
+                out.append((int(head.split(b" ")[1]) if head else 0, t - sent[s]))
+                sel.unregister(s)
+    for s in socks:
+        s.close()
+    return out
+
+
 def burst(url: str, heavy: dict, n: int = 50) -> dict:
     """Fill the backlog with heavy requests, then fire n more at once."""
     def fill():  # gives up (and so cancels its work) once the burst is over
@@ -61,22 +98,10 @@ def burst(url: str, heavy: dict, n: int = 50) -> dict:
     for t in fillers:
         t.start()
     time.sleep(2.0)
-    out: list[tuple[int, float]] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(n)
-
-    def one():
-        with httpx.Client(timeout=60) as c:
-            barrier.wait()
-            t0 = time.perf_counter()
-            r = c.post(url + "/generate", params=heavy)
-            with lock:
-                out.append((r.status_code, time.perf_counter() - t0))
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    query = "&".join(f"{k}={v}" for k, v in heavy.items())
+    request = (f"POST /generate?{query} HTTP/1.1\r\nHost: {url.removeprefix('http://')}\r\n"
+               f"Content-Length: 0\r\n\r\n").encode()
+    out = raw_burst(url, request, n)
     refused = [dt for code, dt in out if code == 503]
     for t in fillers:
         t.join()
@@ -196,8 +221,13 @@ def main(argv=None, prog: str | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--light-seconds", type=float, default=60.0, help="length of the heavy-beside-light phase")
+    p.add_argument("--phases", default="burst,light,soak",
+                   help="comma-separated subset of burst,light,soak (default: all three)")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = p.parse_args(argv)
+    phases = set(args.phases.split(","))
+    if not phases <= {"burst", "light", "soak"}:
+        p.error(f"--phases takes burst, light and soak, not {args.phases!r}")
     weights = Path(args.weights)
     models = ["base", "fast"] if (weights / "fast").is_dir() else ["base"]
     server = LocalServer(weights, default_model="base")
@@ -207,21 +237,32 @@ def main(argv=None, prog: str | None = None) -> int:
         heavy = {"label": 8, "scheduler": "ddpm", "guidance_scale": 2, "steps": 1000, "n": max(1, max_rows // 2000)}
         light = {"label": 5, "steps": 20}
         started = server.usage()
-        result = {"server_start": started,
-                  "burst": burst(server.url, heavy),
-                  "heavy_beside_light": heavy_beside_light(server.url, heavy, light, args.light_seconds),
-                  "soak": soak(server, args.clients, args.minutes * 60, models)}
+        result = {"server_start": started}
+        if "burst" in phases:
+            result["burst"] = burst(server.url, heavy)
+        if "light" in phases:
+            result["heavy_beside_light"] = heavy_beside_light(server.url, heavy, light, args.light_seconds)
+        if "soak" in phases:
+            result["soak"] = soak(server, args.clients, args.minutes * 60, models)
         result["exit_status"] = server.close()
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
     result["machine"] = {"cpus": os.cpu_count(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
                          "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
-    s, b, h = result["soak"], result["burst"], result["heavy_beside_light"]
-    print(f"burst of {b['requests']} on a full backlog: {b['statuses']}; 503 in "
-          f"p50 {b['refusal_s'].get('p50', float('nan')) * 1e3:.1f} ms, p99 {b['refusal_s'].get('p99', float('nan')) * 1e3:.1f} ms")
-    print(f"light {h['light']} beside five of {h['heavy']}: p50 {h['light_latency_s'].get('p50', float('nan')):.2f} s, "
-          f"p95 {h['light_latency_s'].get('p95', float('nan')):.2f} s; {h['light_statuses']}")
+    print(f"server RSS {result['server_start']['rss_mb']:.0f} MB at start")
+    if "burst" in result:
+        b = result["burst"]
+        print(f"burst of {b['requests']} on a full backlog: {b['statuses']}; 503 in "
+              f"p50 {b['refusal_s'].get('p50', float('nan')) * 1e3:.1f} ms, p99 {b['refusal_s'].get('p99', float('nan')) * 1e3:.1f} ms")
+    if "heavy_beside_light" in result:
+        h = result["heavy_beside_light"]
+        print(f"light {h['light']} beside five of {h['heavy']}: p50 {h['light_latency_s'].get('p50', float('nan')):.2f} s, "
+              f"p95 {h['light_latency_s'].get('p95', float('nan')):.2f} s; {h['light_statuses']}")
+    if "soak" not in result:
+        write_json(args.json, result)
+        return 0
+    s = result["soak"]
     print(f"soak: {s['clients']} clients, {s['seconds']:.0f} s, {s['requests']} requests, "
           f"{s['unexpected_count']} unexpected")
     for kind, counts in sorted(s["outcomes"].items()):

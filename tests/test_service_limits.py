@@ -6,6 +6,7 @@ against the real tiny model and against stand-in engine steps of ~0 ms and
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
@@ -83,6 +84,27 @@ def test_full_queue_gives_503_with_retry_after_then_deadline_ends_work(small):
     small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 0)
     small.wait_metric("digitgen_queue_depth", lambda v: v == 0)
     small.wait_metric("digitgen_trajectories_cancelled_total", lambda v: v == deadline_before + 2, reason="deadline")
+
+
+def test_a_full_server_refuses_before_reading_the_request(small):
+    """The 503 is decided from the request line: a request whose body never
+    comes still gets it (were the body awaited first, this would be a 408
+    after the body timeout), and its Retry-After too."""
+    small.control("hold")
+    with httpx.Client(base_url=small.url, timeout=30) as a, httpx.Client(base_url=small.url, timeout=30) as b:
+        with a.stream("GET", "/generate/stream", params=LONG) as running:
+            assert running.status_code == 200
+            small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
+            with b.stream("GET", "/generate/stream", params=LONG) as waiting:
+                assert waiting.status_code == 200
+                small.wait_metric("digitgen_queue_depth", lambda v: v == 1)
+                host, port = small.url.removeprefix("http://").split(":")
+                with socket.create_connection((host, int(port)), timeout=30) as s:
+                    s.sendall(b"POST /generate?label=1&steps=2 HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+                    head = s.recv(65536).split(b"\r\n\r\n")[0].decode().lower()
+                assert head.startswith("http/1.1 503"), head
+                assert "retry-after:" in head and "x-request-id:" in head, head
 
 
 def test_post_past_its_deadline_gives_504(small):

@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the HTTP service")
-    s.add_argument("--host", default=os.environ.get("DIGITGEN_HOST", "127.0.0.1"))
-    s.add_argument("--port", type=int, default=int(os.environ.get("DIGITGEN_PORT", "8000")))
+    # None: the service reads DIGITGEN_HOST / DIGITGEN_PORT itself, and says which one is malformed
+    s.add_argument("--host", help="bind address (default: $DIGITGEN_HOST, else 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default: $DIGITGEN_PORT, else 8000)")
     s.add_argument("--weights", type=Path, default=default_weights())
     s.set_defaults(func=cmd_serve)
 

@@ -1,6 +1,7 @@
 """The `digitgen` command as a user runs it (a real subprocess)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,14 @@ def test_generate_says_what_it_wrote(tiny_weights, tmp_path):
 def test_generate_refuses_a_label_and_all_together(tiny_weights):
     r = digitgen("generate", "5", "--all", "--weights", str(tiny_weights))
     assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_serve_with_a_malformed_port_setting_says_which(tiny_weights):
+    """Kubernetes injects DIGITGEN_PORT=tcp://... for a Service named digitgen
+    (unless enableServiceLinks is off): a clear exit 2, not a traceback."""
+    r = subprocess.run([sys.executable, "-m", "digitgen", "serve", "--weights", str(tiny_weights)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "DIGITGEN_PORT": "tcp://10.96.0.12:80"})
+    assert r.returncode == 2, r.stderr
+    assert "DIGITGEN_PORT='tcp://10.96.0.12:80' is not a valid int" in r.stderr
+    assert "Traceback" not in r.stderr

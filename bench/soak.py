@@ -2,6 +2,7 @@
 
     python bench/soak.py                          # 16 clients for 10 minutes, shipped weights
     python bench/soak.py --minutes 2 --clients 8  # shorter
+    python bench/soak.py --phases burst,gif       # some phases only
     python bench/soak.py --weights /tmp/tiny --minutes 0.2 --json /tmp/soak.json   # smoke run
 
 Phases, against one server of its own:
@@ -9,7 +10,9 @@ Phases, against one server of its own:
    full: how fast the 503s come back (p50/p99), and that they are 503s.
 2. heavy beside light: five requests at the maximum cost run while a
    client asks for one 20-step digit after another: the light requests' p95.
-3. soak: mixed clients for --minutes — PNG, JSON, GIF and stream requests
+3. gif: four of the largest GIFs the server allows at once: the server's
+   RSS before, at its peak and after (is the memory returned?).
+4. soak: mixed clients for --minutes — PNG, JSON, GIF and stream requests
    of both models, clients that leave early, slow readers, heavy requests
    beside light ones — recording every request's outcome per endpoint, and
    the server's RSS, threads and open files (from /proc) at start, peak
@@ -106,6 +109,39 @@ def burst(url: str, heavy: dict, n: int = 50) -> dict:
     for t in fillers:
         t.join()
     return {"requests": n, "statuses": dict(Counter(code for code, _ in out)), "refusal_s": percentiles(refused)}
+
+
+def largest_gifs(server: LocalServer, k: int = 4) -> dict:
+    """k of the largest GIFs the server allows at once (DIGITGEN_MAX_GIF_PIXELS:
+    frames x 512 x 512), the server's RSS sampled meanwhile and after."""
+    info = httpx.get(server.url + "/info").json()
+    frames = info["limits"]["max_gif_pixels"] // (512 * 512)
+    params = {"size": 512, "steps": frames - 1, "every": 1, "model": "base", "frames": "xt"}  # noise: the largest files
+    before = server.usage()["rss_mb"]
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak.append(server.usage()["rss_mb"])
+            time.sleep(0.05)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out: list = []
+
+    def one(i):
+        r = httpx.get(server.url + "/generate.gif", params={**params, "label": i % 10, "seed": i}, timeout=600)
+        out.append((r.status_code, len(r.content)))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(2.0)
+    done.set()
+    sampler.join()
+    return {"requests": k, "params": params, "frames": frames, "statuses": dict(Counter(c for c, _ in out)),
+            "gif_mb": max(n for _, n in out) / 2**20, "rss_mb": {"before": before, "peak": max(peak),
+                                                                 "after": server.usage()["rss_mb"]}}
 
 
 def heavy_beside_light(url: str, heavy: dict, light: dict, seconds: float) -> dict:
@@ -221,13 +257,13 @@ def main(argv=None, prog: str | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--light-seconds", type=float, default=60.0, help="length of the heavy-beside-light phase")
-    p.add_argument("--phases", default="burst,light,soak",
-                   help="comma-separated subset of burst,light,soak (default: all three)")
+    p.add_argument("--phases", default="burst,light,gif,soak",
+                   help="comma-separated subset of burst,light,gif,soak (default: all four)")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = p.parse_args(argv)
     phases = set(args.phases.split(","))
-    if not phases <= {"burst", "light", "soak"}:
-        p.error(f"--phases takes burst, light and soak, not {args.phases!r}")
+    if not phases <= {"burst", "light", "gif", "soak"}:
+        p.error(f"--phases takes burst, light, gif and soak, not {args.phases!r}")
     weights = Path(args.weights)
     models = ["base", "fast"] if (weights / "fast").is_dir() else ["base"]
     server = LocalServer(weights, default_model="base")
@@ -242,6 +278,8 @@ def main(argv=None, prog: str | None = None) -> int:
             result["burst"] = burst(server.url, heavy)
         if "light" in phases:
             result["heavy_beside_light"] = heavy_beside_light(server.url, heavy, light, args.light_seconds)
+        if "gif" in phases:
+            result["largest_gifs"] = largest_gifs(server)
         if "soak" in phases:
             result["soak"] = soak(server, args.clients, args.minutes * 60, models)
         result["exit_status"] = server.close()
@@ -259,6 +297,11 @@ def main(argv=None, prog: str | None = None) -> int:
         h = result["heavy_beside_light"]
         print(f"light {h['light']} beside five of {h['heavy']}: p50 {h['light_latency_s'].get('p50', float('nan')):.2f} s, "
               f"p95 {h['light_latency_s'].get('p95', float('nan')):.2f} s; {h['light_statuses']}")
+    if "largest_gifs" in result:
+        g = result["largest_gifs"]
+        print(f"{g['requests']} GIFs of {g['frames']} frames at 512x512 at once: {g['statuses']}, "
+              f"{g['gif_mb']:.1f} MB each; RSS {g['rss_mb']['before']:.0f} MB before, {g['rss_mb']['peak']:.0f} peak, "
+              f"{g['rss_mb']['after']:.0f} after")
     if "soak" not in result:
         write_json(args.json, result)
         return 0

@@ -67,3 +67,5 @@ def test_soak_bench_smoke_loses_nothing(tiny_weights, tmp_path):
     assert info["soak"]["unexpected_count"] == 0 and info["soak"]["requests"] > 0
     assert set(info["burst"]["statuses"]) <= {"503", "200"}
     assert info["soak"]["usage"]["peak_rss_mb"] > 0
+    gifs = info["largest_gifs"]
+    assert gifs["statuses"] == {"200": 4} and gifs["rss_mb"]["peak"] >= gifs["rss_mb"]["before"] > 0

@@ -14,6 +14,8 @@
     DIGITGEN_MAX_GIF_PIXELS frames x width x height one GIF may have; more is a 422 (default 50 x 512 x 512)
     DIGITGEN_MAX_BODY_BYTES request bodies larger than this are a 413 (default 65536)
     DIGITGEN_BODY_TIMEOUT_S seconds a request body may take to arrive, else 408 (default 10)
+    DIGITGEN_HEADER_TIMEOUT_S seconds a request line + headers may take to arrive, else 408 and the
+                            connection closes (default 10; `serve` only: it is uvicorn's protocol)
     DIGITGEN_MAX_CONNECTIONS concurrent connections `serve` accepts before answering 503 (default 200)
     DIGITGEN_API_KEYS       comma-separated API keys; when set (or DIGITGEN_API_KEYS_FILE, one key a line)
                             every endpoint but the probes, metrics and page needs Authorization: Bearer <key>
@@ -51,6 +53,7 @@ class Settings:
     default_model: str = ""
     max_body_bytes: int = 65536
     body_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
     cors_origins: str = ""
     max_connections: int = 200
     max_request_rows: int = 8192
@@ -68,6 +71,7 @@ class Settings:
                   "graceful_s": self.graceful_s >= 0, "threads": self.threads >= 0,
                   "default_model": self.default_model in ("", "base", "fast"),
                   "max_body_bytes": self.max_body_bytes >= 0, "body_timeout_s": self.body_timeout_s > 0,
+                  "header_timeout_s": self.header_timeout_s > 0,
                   "max_connections": self.max_connections >= 1, "max_request_rows": self.max_request_rows >= 1,
                   "max_backlog_rows": self.max_backlog_rows >= self.max_request_rows,
                   "max_gif_pixels": self.max_gif_pixels >= 28 * 28 * 2, "rate_limit": self.rate_limit >= 0,

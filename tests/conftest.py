@@ -103,12 +103,16 @@ class Server:
     --factory` does. engine="tiny" or "stand-in" runs tests/controlled_server.py
     instead, whose clock and engine steps the test drives with `control`."""
 
-    def __init__(self, weights: Path, log: Path, engine: str | None = None, step_ms: float = 0.0, **settings):
+    def __init__(self, weights: Path, log: Path, engine: str | None = None, step_ms: float = 0.0,
+                 serve: bool = False, **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_file = open(log, "wb")
-        if engine is None:
+        if serve:  # `digitgen serve`: uvicorn configured by app.main.serve (connection limits included)
+            cmd, streams = [sys.executable, "-m", "digitgen", "serve"], dict(stdout=self._log_file, stderr=subprocess.STDOUT)
+            settings = {"port": self.port, **settings}
+        elif engine is None:
             cmd, streams = service_command(self.port), dict(stdout=self._log_file, stderr=subprocess.STDOUT)
         else:
             cmd = [sys.executable, str(ROOT / "tests" / "controlled_server.py"), str(self.port),

@@ -91,6 +91,43 @@ def test_a_body_that_does_not_arrive_gets_408(tiny_weights, tmp_path):
         srv.stop()
 
 
+def test_a_head_that_does_not_arrive_gets_408_and_the_connection_closes(tiny_weights, tmp_path):
+    """uvicorn has no deadline on a request's head: a client that sends
+    nothing, or trickles its headers, would hold a connection for ever."""
+    srv = Server(tiny_weights, tmp_path / "serve.log", serve=True, header_timeout_s=1)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as silent, \
+                socket.create_connection(("127.0.0.1", srv.port), timeout=30) as trickle:
+            trickle.sendall(b"GET /healthz HTTP/1.1\r\n")
+            for _ in range(150):  # a header byte at a time, never the blank line that ends the head
+                try:
+                    trickle.sendall(b"X")
+                except OSError:  # closed by the server
+                    break
+                time.sleep(0.1)
+            reply = _read_to_close(trickle)
+            assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in reply, reply
+            reply = _read_to_close(silent)
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+        # a head that arrives whole is served as ever, and the connection stays usable
+        with httpx.Client(base_url=srv.url) as c:
+            assert c.get("/healthz").status_code == 200 and c.get("/healthz").status_code == 200
+    finally:
+        srv.stop()
+
+
+def _read_to_close(s: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            part = s.recv(4096)
+        except ConnectionResetError:
+            return out
+        if not part:
+            return out
+        out += part
+
+
 @pytest.mark.parametrize("path", ["/", "/info", "/healthz", "/readyz", "/metrics"])
 def test_head_on_get_endpoints(client, path):
     get, head = client.get(path), client.head(path)

@@ -90,7 +90,7 @@ async def images_generations(request: Request):
         if model:
             params["model"] = model
         try:
-            svc = service(request)
+            svc = await service(request)
         except HTTPException as e:
             raise OpenAIError(str(e.detail), None, "service_unavailable", e.status_code) from None
         given = Given(GenerateParams(**params))

@@ -1,6 +1,6 @@
 """Seeded outputs of the shipped weights through the real service: each
 response body below was recorded before the restructure, on commit 3d94895's
-tree, and must never change by refactoring. A change here means users'
+tree (the fast model's when it shipped), and must never change by refactoring. A change here means users'
 seeds no longer give the images they gave.
 
 On the BLAS kernels they were recorded with (tests/fixtures/seeded/
@@ -36,6 +36,9 @@ CASES = {
     "grid": ({"label": 2, "seed": 4294967294, "n": 3, "steps": 6, "size": 56}, None),
     "json": ({"label": 6, "seed": 99, "n": 2, "steps": 5, "format": "json"}, None),
     "body": ({}, {"label": 1, "seed": 11, "steps": 7, "scheduler": "ddim", "guidance_scale": 2.0}),
+    # the fast model (weights/fast), recorded when it shipped
+    "fast": ({"label": 5, "seed": 42, "model": "fast"}, None),
+    "fast-grid": ({"label": 7, "seed": 3, "model": "fast", "steps": 2, "n": 2, "size": 56}, None),
 }
 RECORDED = Path(__file__).parent / "fixtures" / "seeded_sha256.json"
 RECORDED_PNGS = Path(__file__).parent / "fixtures" / "seeded"

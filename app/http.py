@@ -17,6 +17,8 @@ import time
 from typing import Callable
 from urllib.parse import parse_qsl
 
+from starlette.exceptions import HTTPException
+
 # The page loads only its own script and style; images are data: URLs of
 # the frames and blob: URLs of downloads.
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
@@ -47,35 +49,35 @@ def _header(scope, name: bytes) -> str | None:
 GENERATION_ROUTES = {("POST", "/generate"), ("GET", "/generate/stream"), ("GET", "/generate.gif")}
 
 
-def _least_cost(scope) -> tuple[int, int]:
+def _least_cost(query: list[tuple[str, str]]) -> tuple[int, int]:
     """The least (images, UNet rows) the request can cost, read from its query
     string alone: n images of `steps` steps, a row each (1 where not given
     or not a plain number; the route checks them properly if it runs)."""
-    q = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    q = dict(query)
     n, steps = (int(v) if v.isdigit() and len(v) < 5 else 1 for v in (q.get("n", "1"), q.get("steps", "1")))
     return max(n, 1), max(n, 1) * max(steps, 1)
 
 
 class HttpLimits:
     def __init__(self, app, *, max_body_bytes: int, body_timeout_s: float, cors_origins: tuple[str, ...] = (),
-                 busy: Callable[[int, int], tuple[str, int] | None] = lambda images, rows: None):
+                 busy: Callable[[int, int], HTTPException | None] = lambda images, rows: None):
         self.app = app
         self.max_body_bytes, self.body_timeout_s = max_body_bytes, body_timeout_s
         self.cors_origins = set(cors_origins)
-        self.busy = busy  # (images, rows) -> (why, retry-after seconds) when the engine cannot take that much
+        self.busy = busy  # (images, rows) -> the 503 to answer when the engine cannot take that much
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        error = self._refused(scope)
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        error = self._refused(scope, query)
         if error:
             return await problem(send, *error)
         if (scope["method"], scope["path"]) in GENERATION_ROUTES:
-            busy = self.busy(*_least_cost(scope))
+            busy = self.busy(*_least_cost(query))
             if busy is not None:  # before the body, the parameters and the route: a burst costs little
-                why, retry_after = busy
-                return await problem(send, 503, why, [(b"retry-after", str(retry_after).encode()),
-                                                      *SECURITY_HEADERS])
+                headers = [(k.lower().encode(), v.encode()) for k, v in (busy.headers or {}).items()]
+                return await problem(send, busy.status_code, busy.detail, headers + SECURITY_HEADERS)
         body = await self._read_body(scope, receive, send)
         if body is None:  # answered (413/408) or the client left
             return
@@ -100,7 +102,7 @@ class HttpLimits:
 
         await self.app(scope, replay, send_with_headers)
 
-    def _refused(self, scope) -> tuple[int, str] | None:
+    def _refused(self, scope, query: list[tuple[str, str]]) -> tuple[int, str] | None:
         """(status, why) for a request refused before anything runs."""
         origin = _header(scope, b"origin")
         if origin is not None and origin not in self.cors_origins:
@@ -109,7 +111,7 @@ class HttpLimits:
                 return 403, (f"cross-origin requests from {origin[:100]} are not allowed "
                              f"(the server's DIGITGEN_CORS_ORIGINS lists the allowed origins)")
         seen: dict[str, str] = {}
-        for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        for name, value in query:
             if name in seen and seen[name] != value:
                 return 422, [{"type": "value_error", "loc": ["query", name[:40]], "input": value[:40],
                               "msg": f"{name[:40]} is given twice in the query string with different values "

@@ -42,7 +42,7 @@ from .openapi import add_docs, build_openapi
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .routes import STATIC, router
 from .schemas import ALLOWED
-from .service import Service
+from .service import Service, http_error as refusal_response
 
 log = logging.getLogger("uvicorn.error.digitgen")  # shows up wherever uvicorn logs
 
@@ -197,15 +197,13 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return await fastapi_http_exception_handler(request, exc)
 
 
-def _busy(app: FastAPI, images: int, rows: int) -> tuple[str, int] | None:
-    """(why, Retry-After) when the engine cannot admit a request of this cost."""
+def _busy(app: FastAPI, images: int, rows: int) -> StarletteHTTPException | None:
+    """The 503 (as the route would answer it) when the engine cannot admit a request of this cost."""
     svc = app.state.service
     if svc is None or rows > svc.settings.max_request_rows:  # too costly for any state of the queue: the route's 422
         return None
     refusal = svc.worker.refusal(images, rows)
-    if refusal is None:
-        return None
-    return str(refusal), getattr(refusal, "retry_after", 5)
+    return None if refusal is None else refusal_response(refusal)
 
 
 def create_app(settings: Settings | None = None, *,

@@ -182,7 +182,7 @@ class BatchWorker:
             self._jobs.append(job)
             self._queued += job.images
 
-    def refusal(self, images: int = 1, rows: int = 1) -> Exception | None:
+    def refusal(self, images: int, rows: int) -> Exception | None:
         """Why a request of at least this cost could not be admitted now,
         else None: the front door's 503 before a request is parsed, so a
         burst on a full server costs little (submit() still decides)."""

@@ -16,7 +16,6 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from . import render
 from .request import Given, resolve
@@ -111,7 +110,8 @@ async def images_generations(request: Request):
         return JSONResponse({}, status_code=499)
     finals = sorted((ev for ev in events if ev.result.done), key=lambda ev: ev.index)
     size = params["size"]
-    pngs = await run_in_threadpool(lambda: [render.b64(render.png(ev.result.sample, size)) for ev in finals])
+    pngs = await render.off_loop(len(finals) * size * size,
+                                 lambda: [render.b64(render.png(ev.result.sample, size)) for ev in finals])
     words = f"a handwritten {params['label']}"
     return JSONResponse({"created": int(time.time()),
                          "data": [{"b64_json": b, "revised_prompt": words} for b in pngs]},

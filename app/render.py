@@ -1,13 +1,29 @@
-"""Samples -> bytes for responses. Pure functions, run in the thread pool
-(a 64-image grid at 512 px is a 4k x 4k PNG: never on the event loop)."""
+"""Samples -> bytes for responses: pure functions, and `off_loop`, which
+decides where they run (a 64-image grid at 512 px is a 4k x 4k PNG: never
+on the event loop; a 28 px digit is cheaper to encode than to hand over)."""
 from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
 from engine.io.images import gif_bytes, grid, png_bytes, to_image
+
+T = TypeVar("T")
+
+# Work below this many pixels (two 112 px frames, ~0.5 ms to encode) runs on
+# the event loop: the hop to the thread pool and back costs more, up to the
+# interpreter's switch interval (5 ms) while the engine thread holds the GIL.
+INLINE_PIXELS = 2 * 112 * 112
+
+
+async def off_loop(pixels: int, fn: Callable[..., T], *args) -> T:
+    """fn(*args), in the thread pool unless it touches at most INLINE_PIXELS pixels."""
+    return fn(*args) if pixels <= INLINE_PIXELS else await run_in_threadpool(fn, *args)
 
 
 def png(sample: np.ndarray, size: int) -> bytes:

@@ -85,7 +85,7 @@ async def generate(
             samples[ev.index] = ev.result.sample
     headers = _headers(gen, job, t_done)
     if fmt == "json":
-        pngs = await run_in_threadpool(lambda: [render.b64(render.png(s, size)) for s in samples])
+        pngs = await render.off_loop(gen.n * size * size, lambda: [render.b64(render.png(s, size)) for s in samples])
         queue_ms, gen_ms = _timing(job, t_done)
         sm = gen.sampling
         result = GenerateResult(
@@ -94,8 +94,8 @@ async def generate(
             images=[GeneratedImage(index=i, seed=s, png_base64=b) for i, (s, b) in enumerate(zip(gen.seeds, pngs))],
             queue_ms=queue_ms, generate_ms=gen_ms)
         return JSONResponse(result.model_dump(), headers=headers)
-    data = await run_in_threadpool(render.png if gen.n == 1 else render.grid_png,
-                                   samples[0] if gen.n == 1 else samples, size)
+    data = await render.off_loop(gen.n * size * size, render.png if gen.n == 1 else render.grid_png,
+                                 samples[0] if gen.n == 1 else samples, size)
     name = f"digit-{gen.sampling.label}-seed-{gen.seed}{'' if gen.n == 1 else f'-x{gen.n}'}.png"
     return Response(data, media_type="image/png",
                     headers={**headers, "Content-Disposition": f'inline; filename="{name}"'})
@@ -168,7 +168,7 @@ async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> 
             "guidance_scale": sm.guidance_scale, "size": size}
     try:
         if plan.skip == 0:
-            noise = await run_in_threadpool(render.png, plan.x_T, size)
+            noise = await render.off_loop(size * size, render.png, plan.x_T, size)
             yield ServerSentEvent(event="start", id=f"{gen.seed}-0", retry=3000,
                                   data={**meta, "total": sm.steps, "x_t": render.b64(noise)})
         while True:
@@ -178,12 +178,12 @@ async def generate_stream(plan: Annotated[StreamPlan, Depends(stream_plan)]) -> 
                 return
             r = ev.result
             if r.step > plan.skip:
-                x_t, x0 = await run_in_threadpool(render.frame_pair, r.sample, r.pred_original, size)
+                x_t, x0 = await render.off_loop(2 * size * size, render.frame_pair, r.sample, r.pred_original, size)
                 yield ServerSentEvent(event="step", id=f"{gen.seed}-{r.step}", data={
                     "step": r.step, "total": r.total, "timestep": r.timestep, "x_t": x_t, "x0": x0})
             if r.done:
                 t_done = job.clock()
-                image = await run_in_threadpool(render.png, r.sample, size)
+                image = await render.off_loop(size * size, render.png, r.sample, size)
                 queue_ms, gen_ms = _timing(job, t_done)
                 yield ServerSentEvent(event="done", id=f"{gen.seed}-done", data={
                     **meta, "image": render.b64(image), "queue_ms": queue_ms, "generate_ms": gen_ms})

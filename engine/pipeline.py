@@ -46,6 +46,9 @@ class SamplingDefaults:
     guidance_scale: float = 2.0
     null_class_label: int | None = None   # None: the model's (UNet2DConfig.null_class_label)
     distilled_guidance_scale: float | None = None  # a student with its teacher's guidance built in
+    # hand-picked timesteps of the default scheduler by step count, e.g. {"4": [999, 539, 259, 79]}
+    # (a student's tuned schedule; other step counts are evenly spaced)
+    timesteps: dict[str, list[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Sampling:
     steps: int
     scheduler: str
     guidance_scale: float
+    timesteps: tuple[int, ...] | None = None  # the scheduler's own spacing when None
 
     @property
     def unet_rows(self) -> int:
@@ -124,10 +128,30 @@ class DigitPipeline:
         size = c.sample_size if isinstance(c.sample_size, int) else 28
         self.sample_shape = (c.in_channels, size, size)
         self.max_steps = {name: _max_steps(self._scheduler(name)) for name in self.samplers}
+        if not isinstance(self.defaults.timesteps, (dict, type(None))):
+            raise WeightsError(f"model_index.json's timesteps must map step counts to lists, "
+                               f"got {self.defaults.timesteps!r}")
         try:  # the defaults must themselves be a valid request, or every request fails later
             self.resolve(0)
         except InvalidParameter as e:
             raise WeightsError(f"model_index.json's sampling default is invalid: {e}") from None
+        self._check_timesteps()
+
+    def _check_timesteps(self) -> None:
+        """Each tuned schedule must be one the default scheduler takes, of its key's length."""
+        for key, ts in (self.defaults.timesteps or {}).items():
+            where = f"model_index.json's timesteps[{key!r}]"
+            if not isinstance(ts, list) or not key.isdigit() or int(key) != len(ts):
+                raise WeightsError(f"{where} must be a list of {key} timesteps, got {ts!r}")
+            if int(key) > self.max_steps[self.defaults.scheduler]:
+                raise WeightsError(f"{where}: more steps than scheduler {self.defaults.scheduler} takes")
+            try:
+                self._scheduler(self.defaults.scheduler).set_timesteps(timesteps=ts)
+            except TypeError:
+                raise WeightsError(f"{where}: scheduler {self.defaults.scheduler} takes no hand-picked "
+                                   f"timesteps") from None
+            except ValueError as e:
+                raise WeightsError(f"{where}: {e}") from None
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -168,12 +192,17 @@ class DigitPipeline:
         return make_scheduler(name, **(self.scheduler_config if own else _shared(self.scheduler_config)))
 
     def resolve(self, label: int, steps: int | None = None, scheduler: str | None = None,
-                guidance_scale: float | None = None) -> Sampling:
+                guidance_scale: float | None = None, timesteps=None) -> Sampling:
         """The one place sampling parameters meet the model: defaults filled
         in, then label, sampler, step count and guidance checked against it.
+        `timesteps`, a hand-picked schedule (LCM only), sets the step count.
         Raises InvalidParameter naming the field."""
         d = self.defaults
         name = d.scheduler if scheduler is None else scheduler
+        if timesteps is not None:
+            if steps is not None and steps != len(timesteps):
+                raise InvalidParameter("timesteps", f"{len(timesteps)} timesteps given for {steps} steps")
+            steps = len(timesteps)
         steps = d.num_inference_steps if steps is None else steps
         g = d.guidance_scale if guidance_scale is None else guidance_scale
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_labels:
@@ -190,19 +219,32 @@ class DigitPipeline:
             # the student learned the guided teacher; it has no unconditional row to guide with
             raise InvalidParameter("guidance_scale", f"this model has guidance {d.distilled_guidance_scale:g} "
                                                      f"built in: guidance_scale must be 1 (or left out), got {g!r}")
-        return Sampling(int(label), int(steps), name, float(g))
+        if timesteps is not None:
+            try:
+                self._scheduler(name).set_timesteps(timesteps=list(timesteps))
+            except TypeError:
+                raise InvalidParameter("timesteps", f"scheduler {name} takes no hand-picked timesteps") from None
+            except ValueError as e:
+                raise InvalidParameter("timesteps", str(e)) from None
+        else:
+            timesteps = (d.timesteps or {}).get(str(int(steps))) if name == d.scheduler else None
+        return Sampling(int(label), int(steps), name, float(g),
+                        None if timesteps is None else tuple(int(t) for t in timesteps))
 
     def start(self, sampling: Sampling, seed: int) -> Trajectory:
         """A trajectory at x_T, drawn from its own generator seeded with `seed`."""
         sched = self._scheduler(sampling.scheduler)
-        sched.set_timesteps(sampling.steps)
+        if sampling.timesteps is None:
+            sched.set_timesteps(sampling.steps)
+        else:
+            sched.set_timesteps(timesteps=list(sampling.timesteps))
         gen = np.random.default_rng(seed)
         x = gen.standard_normal((1, *self.sample_shape), dtype=np.float32) * np.float32(sched.init_noise_sigma)
         return Trajectory(sampling, seed, sched, gen, x)
 
     def trajectory(self, label: int, seed: int, steps: int | None = None, scheduler: str | None = None,
-                   guidance_scale: float | None = None) -> Trajectory:
-        return self.start(self.resolve(label, steps, scheduler, guidance_scale), seed)
+                   guidance_scale: float | None = None, timesteps=None) -> Trajectory:
+        return self.start(self.resolve(label, steps, scheduler, guidance_scale, timesteps), seed)
 
     def step(self, trajectories: list[Trajectory]) -> list[StepResult]:
         """Advance every unfinished trajectory by one step, with one UNet

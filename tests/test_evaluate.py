@@ -142,6 +142,10 @@ def setup(tmp_path_factory):
     unet = UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0))
     DigitPipeline(unet, {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"},
                   SamplingDefaults(num_inference_steps=3)).save_pretrained(d / "pipe")
+    DigitPipeline(unet, {"_class_name": "LCMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+                         "prediction_type": "epsilon", "clip_sample": True},
+                  SamplingDefaults(scheduler="lcm", num_inference_steps=2, guidance_scale=1.0,
+                                   timesteps={"2": [999, 299]})).save_pretrained(d / "student")
     clf = DigitClassifier(ClassifierConfig(channels=(4, 8, 8, 4), feature_dim=16, norm_num_groups=2),
                           rng=np.random.default_rng(1))
     save_classifier(clf, d / "cls", {"training": {"train_images": 250}, "metrics": {"test": {"accuracy": 0.5}}})
@@ -157,7 +161,7 @@ def test_end_to_end_writes_every_field(setup, tmp_path, capsys):
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["n"] == 20 and r["sampler"] == {"scheduler": "dpm", "steps": 2, "guidance_scale": 2.0, "seed": 0,
-                                             "seeds": "0..19, class-major"}
+                                             "timesteps": "evenly spaced", "seeds": "0..19, class-major"}
     g = r["generated"]
     assert 0 <= g["accuracy"] <= 1 and 0 <= g["mean_confidence"] <= 1
     assert set(g["per_class_accuracy"]) == set(g["per_class_confidence"]) == {str(k) for k in range(10)}
@@ -206,3 +210,25 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert "weights folder not found" in capsys.readouterr().err
     assert main([*base, "--data", str(d / "mnist.npz"), "--per-class", "50"]) == 2
     assert "too few" in capsys.readouterr().err
+
+
+def test_a_students_tuned_schedule_is_used_and_reported_and_can_be_overridden(setup, tmp_path, capsys):
+    d = setup
+    base = ["--weights", str(d / "student"), "--classifier", str(d / "cls"), "--data", str(d / "mnist.npz"),
+            "--per-class", "2", "--nn-pool", "100", "--quiet"]
+    reports = {}
+    for name, extra in {"tuned": [], "same": ["--timesteps", "999,299"], "other": ["--timesteps", "999,499"],
+                        "three": ["--timesteps", "999,499,99"]}.items():
+        assert main([*base, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        reports[name].pop("timing")
+    assert reports["tuned"]["sampler"]["timesteps"] == [999, 299]
+    assert reports["tuned"] == reports["same"]
+    assert reports["other"]["sampler"]["timesteps"] == [999, 499]
+    assert reports["other"]["frechet"] != reports["tuned"]["frechet"]  # other images
+    assert reports["three"]["sampler"]["steps"] == 3
+    assert "[999, 299]" in capsys.readouterr().out
+    assert main([*base, "--timesteps", "999,500"]) == 2
+    assert "not on the distillation grid" in capsys.readouterr().err
+    assert main([*base, "--timesteps", "999,299", "--steps", "3"]) == 2
+    assert "2 timesteps given for 3 steps" in capsys.readouterr().err

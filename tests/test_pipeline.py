@@ -117,6 +117,47 @@ def test_invalid_defaults_in_model_index_fail_at_load(pipe, tmp_path, bad):
         DigitPipeline.from_pretrained(tmp_path / "w")
 
 
+LCM = {**SCHED, "_class_name": "LCMScheduler", "original_inference_steps": 50, "clip_sample": True}
+
+
+def _student(timesteps) -> DigitPipeline:
+    return DigitPipeline(UNet2DModel(**TINY, rng=np.random.default_rng(0)), LCM,
+                         SamplingDefaults(scheduler="lcm", num_inference_steps=4, guidance_scale=1.0,
+                                          timesteps=timesteps))
+
+
+def test_tuned_timesteps_replace_the_even_spacing_for_their_step_count_only(tmp_path):
+    tuned = _student({"4": [999, 559, 279, 99]})
+    even = _student(None)
+    assert tuned.resolve(1).timesteps == (999, 559, 279, 99)
+    assert tuned.trajectory(1, 5).scheduler.timesteps.tolist() == [999, 559, 279, 99]
+    assert tuned.trajectory(1, 5, steps=2).scheduler.timesteps.tolist() == [999, 499]  # not tuned: even
+    assert even.trajectory(1, 5).scheduler.timesteps.tolist() == [999, 759, 499, 259]
+    # the schedule changes the image; a round trip through model_index.json keeps it
+    assert not np.array_equal(tuned.generate([1], [5]), even.generate([1], [5]))
+    tuned.save_pretrained(tmp_path / "w")
+    loaded = DigitPipeline.from_pretrained(tmp_path / "w")
+    assert loaded.defaults.timesteps == {"4": [999, 559, 279, 99]}
+    np.testing.assert_array_equal(loaded.generate([1], [5]), tuned.generate([1], [5]))
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"4": [999, 559, 279]}, "must be a list of 4"),
+    ({"3": [999, 560, 99]}, "not on the distillation grid"),
+    ({"3": [99, 559, 999]}, "strictly descending"),
+    ({"60": list(range(1199, 0, -20))}, "more steps than"),
+    ([999, 559], "map step counts"),
+])
+def test_bad_tuned_timesteps_fail_at_load(bad, why):
+    with pytest.raises(WeightsError, match=why):
+        _student(bad)
+
+
+def test_a_scheduler_without_hand_picked_timesteps_refuses_them(pipe):
+    with pytest.raises(WeightsError, match="takes no hand-picked timesteps"):
+        DigitPipeline(pipe.unet, SCHED, SamplingDefaults(timesteps={"20": list(range(999, 0, -50))}))
+
+
 def test_save_and_load_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "w")
     loaded = DigitPipeline.from_pretrained(tmp_path / "w")

@@ -36,6 +36,14 @@ def from_case(case: str):
     return CLASSES[kind].from_config(text(f"{case}/config"))
 
 
+def set_case_timesteps(sched, case: str) -> None:
+    """As the recording did: the case's step count, or its hand-picked list."""
+    if f"{case}/custom_timesteps" in DATA:
+        sched.set_timesteps(timesteps=DATA[f"{case}/custom_timesteps"].tolist())
+    else:
+        sched.set_timesteps(int(case.split("/")[3]))
+
+
 def assert_close(actual, expected, what: str, input_scale: float = 1.0) -> None:
     """Max error within RTOL of the array scale: the larger of the reference
     array's magnitude and the magnitude of what it was computed from
@@ -67,8 +75,7 @@ def test_timesteps_and_config_match_diffusers(case):
     assert sched.config == ref_config
     json.dumps(sched.config)  # JSON-serialisable
 
-    steps = int(case.split("/")[3])
-    sched.set_timesteps(steps)
+    set_case_timesteps(sched, case)
     expected = DATA[f"{case}/timesteps"]
     assert sched.timesteps.dtype == np.int64
     np.testing.assert_array_equal(sched.timesteps, expected)
@@ -88,7 +95,7 @@ def run_case(case: str, forced: bool, sched=None, set_timesteps: bool = True):
     times 1/alpha (up to ~150 at t=999), so its scale is |x| / alpha."""
     sched = sched or from_case(case)
     if set_timesteps:
-        sched.set_timesteps(int(case.split("/")[3]))
+        set_case_timesteps(sched, case)
     kwargs = text(f"{case}/step_kwargs") if f"{case}/step_kwargs" in DATA else {}
     start = kwargs.pop("start", 0)
     model_outputs = DATA[f"{case}/model_outputs"]

@@ -6,7 +6,9 @@ compare their outputs (needs torch + diffusers, see README).
 A UNet folder: the UNet's outputs on four inputs. A pipeline folder (unet/ +
 scheduler/): the same, and for a consistency model (LCMScheduler) whole
 seeded 1-, 2- and 4-step samples, diffusers' UNet2DModel + LCMScheduler
-against DigitPipeline, fed the same noise.
+against DigitPipeline, fed the same noise (with the model's tuned timesteps
+from model_index.json where it has them for that step count, as
+`set_timesteps(timesteps=...)`).
 """
 import json
 import sys
@@ -52,7 +54,8 @@ def compare_lcm_sampling(folder: Path) -> bool:
         x = gen.standard_normal((1, 1, 28, 28), dtype=np.float32)
         noises = [gen.standard_normal((1, 1, 28, 28), dtype=np.float32) for _ in range(steps - 1)]
         lcm_module.randn_tensor = lambda shape, **kw: torch.from_numpy(noises.pop(0))
-        sched.set_timesteps(steps)
+        tuned = pipe.resolve(label, steps).timesteps
+        sched.set_timesteps(steps) if tuned is None else sched.set_timesteps(timesteps=list(tuned))
         sample = torch.from_numpy(x)
         with torch.no_grad():
             for t in sched.timesteps:
@@ -60,7 +63,7 @@ def compare_lcm_sampling(folder: Path) -> bool:
                 sample = sched.step(eps, t, sample).prev_sample
         theirs = np.clip(sample.numpy()[0], -1, 1)
         diff = float(np.abs(ours - theirs).max())
-        print(f"{folder}: {steps}-step LCM sample, max |numpy - diffusers| = {diff:.2e}")
+        print(f"{folder}: {steps}-step LCM sample {sched.timesteps.tolist()}, max |numpy - diffusers| = {diff:.2e}")
         # one step ends at x0_hat from t=999, which scales the UNet's ~2e-6 by 1/sqrt(abar) ~ 150
         ok &= diff < (1e-3 if steps == 1 else 1e-4)
     return ok

@@ -9,6 +9,7 @@ lives under a key prefix "<sched>/<beta_schedule>/<spacing>/<steps>/<variant>":
 
   .../config          diffusers' full scheduler config, JSON (0-d UTF-8 bytes array)
   .../timesteps       scheduler.timesteps after set_timesteps(steps) (int16)
+  .../custom_timesteps  (some lcm cases) set_timesteps(timesteps=these) instead (int64)
   .../init            initial sample                          } run cases only
   .../sigmas          (dpm only) scheduler.sigmas             }
   .../model_outputs   (steps, *shape) random model outputs    }
@@ -67,12 +68,17 @@ class Recorder:
         self.arrays[key] = value
 
     def case(self, kind: str, schedule: str, steps: int, variant: str = "base", run: bool = True,
-             shape=SHAPE, step_kwargs: dict | None = None, start: int = 0, **config):
+             shape=SHAPE, step_kwargs: dict | None = None, start: int = 0, custom: list | None = None, **config):
         cfg = {**SCHEDULES[schedule], **config}
         spacing = cfg.get("timestep_spacing", CLASSES[kind]().config.timestep_spacing)
         prefix = f"{kind}/{schedule}/{spacing}/{steps}/{variant}"
         sched = CLASSES[kind](**cfg)
-        sched.set_timesteps(steps)
+        if custom is None:
+            sched.set_timesteps(steps)
+        else:
+            assert len(custom) == steps
+            sched.set_timesteps(timesteps=custom)
+            self.put(f"{prefix}/custom_timesteps", np.asarray(custom, dtype=np.int64))
         self.put(f"{prefix}/config", text(config_json(sched)))
         self.put(f"{prefix}/timesteps", sched.timesteps.numpy().astype(np.int16))
         if not run:
@@ -243,6 +249,9 @@ def main() -> None:
     rec.case("lcm", "linear", 4, "scaling1", timestep_scaling=1.0)
     rec.case("lcm", "linear", 4, "alpha1false", set_alpha_to_one=False)
     rec.case("lcm", "squaredcos_cap_v2", 4, "student", **student)
+    # hand-picked schedules (weights/fast/model_index.json's "timesteps")
+    rec.case("lcm", "linear", 4, "custom", custom=[999, 559, 279, 99], **student)
+    rec.case("lcm", "linear", 3, "custom", custom=[979, 419, 19], **student)
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **rec.arrays)

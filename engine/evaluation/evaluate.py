@@ -174,14 +174,14 @@ def generate_digits(pipe: DigitPipeline, per_class: int, seed: int, batch: int, 
 
 def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path, *, per_class: int = 100,
              steps: int | None = None, scheduler: str | None = None, guidance_scale: float | None = None,
-             seed: int = 0, batch: int = 100, nn_pool: int = 0, copy_quantile: float = 0.05,
+             timesteps: list[int] | None = None, seed: int = 0, batch: int = 100, nn_pool: int = 0, copy_quantile: float = 0.05,
              classifier_train_images: int | None = None, log=None) -> dict:
     """Run the whole evaluation; returns the report as a JSON-able dict.
 
     classifier_train_images: the classifier trained on x_train[:this]; the
     rest are its held-out digits, drawn for the real-vs-real floor."""
     t_start = time.perf_counter()
-    chosen = pipe.resolve(0, steps, scheduler, guidance_scale)  # the model's defaults, checked before any work
+    chosen = pipe.resolve(0, steps, scheduler, guidance_scale, timesteps)  # defaults filled, checked before any work
     x_train, y_train = load_mnist(data, "train")
     x_test, y_test = load_mnist(data, "test")
     N = NUM_CLASSES * per_class
@@ -202,7 +202,8 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
     if floor is None:
         raise DataError(f"--per-class {per_class}: not enough real digits for two disjoint samples of {N}")
 
-    sampling = {"steps": chosen.steps, "scheduler": chosen.scheduler, "guidance_scale": chosen.guidance_scale}
+    sampling = {"steps": chosen.steps, "scheduler": chosen.scheduler, "guidance_scale": chosen.guidance_scale,
+                "timesteps": chosen.timesteps}
     gen, gen_labels, gen_s = generate_digits(pipe, per_class, seed, batch, log, **sampling)
 
     if log:
@@ -239,7 +240,8 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
     return {
         "n": N,
         "per_class": per_class,
-        "sampler": {**sampling, "seed": seed, "seeds": f"{seed}..{seed + N - 1}, class-major"},
+        "sampler": {**sampling, "timesteps": list(chosen.timesteps or ()) or "evenly spaced",
+                    "seed": seed, "seeds": f"{seed}..{seed + N - 1}, class-major"},
         "generated": {**gen_scores, "confusion": confusion.tolist()},
         "real_test": _scores(ref_probs, ref_labels),
         "real_floor_sample": _scores(floor_probs, floor_labels),
@@ -287,8 +289,8 @@ def format_report(r: dict) -> str:
     s, g, real, fr, mem = r["sampler"], r["generated"], r["real_test"], r["frechet"], r["memorisation"]
     div = r["diversity"]
     lines = [
-        f"digitgen evaluation: {r['n']} digits ({r['per_class']} per class); {s['scheduler']}, {s['steps']} steps, "
-        f"guidance {s['guidance_scale']:g}, seeds {s['seeds']}",
+        f"digitgen evaluation: {r['n']} digits ({r['per_class']} per class); {s['scheduler']}, {s['steps']} steps"
+        f"{' ' + str(s['timesteps']) if isinstance(s.get('timesteps'), list) else ''}, guidance {s['guidance_scale']:g}, seeds {s['seeds']}",
         f"pipeline {r.get('pipeline', '?')}; classifier {r.get('classifier', '?')}"
         + (f" (test accuracy {r['classifier_test_accuracy']:.4f})" if r.get("classifier_test_accuracy") else ""),
         "",
@@ -327,6 +329,13 @@ def format_report(r: dict) -> str:
 
 
 # -- command line ------------------------------------------------------------------------
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="digitgen eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("base", "fast"), default="base",
@@ -340,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="default: the pipeline's")
     p.add_argument("--scheduler", choices=sorted(SCHEDULER_NAMES), help="default: the pipeline's")
     p.add_argument("--guidance-scale", type=float, help="default: the pipeline's")
+    p.add_argument("--timesteps", type=_int_list, help="a hand-picked schedule, e.g. 999,639,299,99 (LCM only; "
+                                                      "default: the pipeline's for that step count, else even)")
     p.add_argument("--seed", type=int, default=0, help="digit i uses seed SEED + i; also picks the real samples")
     p.add_argument("--batch", type=int, default=100, help="digits per generation batch (default 100)")
     p.add_argument("--nn-pool", type=int, default=0, help="training images searched for nearest neighbours "
@@ -370,7 +381,8 @@ def main(argv=None) -> int:
         pipe = DigitPipeline.from_pretrained(args.weights)
         classifier, info = load_classifier(args.classifier)
         report = evaluate(pipe, classifier, args.data, per_class=args.per_class, steps=args.steps,
-                          scheduler=args.scheduler, guidance_scale=args.guidance_scale, seed=args.seed,
+                          scheduler=args.scheduler, guidance_scale=args.guidance_scale, timesteps=args.timesteps,
+                          seed=args.seed,
                           batch=args.batch, nn_pool=args.nn_pool, copy_quantile=args.copy_quantile,
                           classifier_train_images=info.get("training", {}).get("train_images"), log=say)
     except (WeightsError, DataError, ValueError) as e:

@@ -34,6 +34,21 @@ def boundary_scalings(timesteps, timestep_scaling: float) -> tuple[np.ndarray, n
     return f32(SIGMA_DATA ** 2) / denom, scaled / np.sqrt(denom)
 
 
+def check_custom_timesteps(timesteps, grid: np.ndarray) -> np.ndarray:
+    """A hand-picked schedule as int64, or ValueError: a non-empty, strictly
+    descending list of points of `grid` (the distillation grid)."""
+    ts = list(timesteps)
+    if not ts or any(isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) for t in ts):
+        raise ValueError(f"timesteps must be a non-empty list of ints, got {ts!r}")
+    if any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be strictly descending, got {ts}")
+    off = [int(t) for t in ts if t not in grid]
+    if off:
+        raise ValueError(f"timesteps {off} are not on the distillation grid {int(grid[-1])}, {int(grid[-2])}, "
+                         f"..., {int(grid[0])} (the model was distilled there only)")
+    return np.asarray(ts, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class LCMConfig(SchedulerConfig):
     """diffusers' LCMScheduler config: SchedulerConfig's keys and these, in
@@ -74,10 +89,21 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
     def max_inference_steps(self) -> int:
         return self.settings.original_inference_steps
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, timesteps=None) -> None:
         """n timesteps evenly spaced, by index, on the distillation grid
-        (descending from its last point, T - 1 for the usual grid)."""
+        (descending from its last point, T - 1 for the usual grid); or, like
+        diffusers' `set_timesteps(timesteps=[...])`, a list chosen by hand:
+        strictly descending points of the grid (diffusers only warns about a
+        point off the grid; here it is an error, the model never saw it)."""
         cfg = self.settings
+        origin = lcm_origin_timesteps(cfg.num_train_timesteps, cfg.original_inference_steps)[::-1]
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps and timesteps")
+        if timesteps is not None:
+            self.timesteps = check_custom_timesteps(timesteps, origin)
+            self.num_inference_steps = len(self.timesteps)
+            self._step_index = None
+            return
         n = num_inference_steps
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise ValueError(f"num_inference_steps must be an int, got {n!r}")
@@ -85,7 +111,6 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
         if not 1 <= n <= self.max_inference_steps:
             raise ValueError(f"num_inference_steps must be between 1 and original_inference_steps="
                              f"{self.max_inference_steps} (the grid this model was distilled on), got {n}")
-        origin = lcm_origin_timesteps(cfg.num_train_timesteps, cfg.original_inference_steps)[::-1]
         indices = np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)
         self.num_inference_steps = n
         self.timesteps = origin[indices].copy()

@@ -523,3 +523,18 @@ def test_lcm_steps_are_the_distillation_grid_and_the_last_adds_no_noise():
     lcm.set_timesteps(2)
     with pytest.raises(ValueError, match="not in"):
         lcm.step(np.zeros_like(x), 500, x)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ([999, 540], "not on the distillation grid"), ([499, 999], "strictly descending"),
+    ([999, 999], "strictly descending"), ([], "non-empty"), ([999.0, 499], "list of ints"),
+    ([1019, 499], "not on the distillation grid"),
+])
+def test_lcm_hand_picked_timesteps_are_checked(bad, why):
+    lcm = LCMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=True)
+    with pytest.raises(ValueError, match=why):
+        lcm.set_timesteps(timesteps=bad)
+    with pytest.raises(ValueError, match="exactly one"):
+        lcm.set_timesteps(4, timesteps=[999, 499, 299, 99])
+    lcm.set_timesteps(timesteps=[999, 19])
+    assert lcm.timesteps.tolist() == [999, 19] and lcm.num_inference_steps == 2

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+# The test tools at the versions in requirements-test.lock: a new release of one
+# (schemathesis, hypothesis, ...) must not turn a clean clone red overnight.
+.venv/bin/python -m pip install --quiet -c requirements-test.lock -e '.[test]'
 
 # A real headless browser for tests/test_page.py (never Playwright's own download).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

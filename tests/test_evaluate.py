@@ -232,3 +232,27 @@ def test_a_students_tuned_schedule_is_used_and_reported_and_can_be_overridden(se
     assert "not on the distillation grid" in capsys.readouterr().err
     assert main([*base, "--timesteps", "999,299", "--steps", "3"]) == 2
     assert "2 timesteps given for 3 steps" in capsys.readouterr().err
+
+
+def test_several_seeds_give_one_report_each_and_their_mean(setup, tmp_path, capsys):
+    d = setup
+    base = ["--weights", str(d / "pipe"), "--classifier", str(d / "cls"), "--data", str(d / "mnist.npz"),
+            "--per-class", "2", "--steps", "1", "--nn-pool", "100", "--quiet"]
+    assert main([*base, "--seed", "0,7", "--json", str(tmp_path / "both.json")]) == 0
+    both = json.loads((tmp_path / "both.json").read_text())
+    singles = []
+    for seed in (0, 7):
+        assert main([*base, "--seed", str(seed), "--json", str(tmp_path / f"{seed}.json")]) == 0
+        singles.append(json.loads((tmp_path / f"{seed}.json").read_text()))
+    assert both["seeds"] == [0, 7]
+    for got, want in zip(both["reports"], singles):
+        got.pop("timing"), want.pop("timing")
+        assert got == want  # each seed set's report is the one it gets alone
+    ratios = [r["frechet"]["ratio"] for r in singles]
+    assert both["mean"]["frechet_ratio"] == pytest.approx(sum(ratios) / 2)
+    assert both["mean"]["accuracy"] == pytest.approx(sum(r["generated"]["accuracy"] for r in singles) / 2)
+    out = capsys.readouterr().out
+    assert out.count("digitgen evaluation:") == 4 and "\n  mean" in out
+    with pytest.raises(SystemExit):  # argparse: "expected comma-separated integers"
+        main([*base, "--seed", "0,x"])
+    assert "comma-separated integers" in capsys.readouterr().err

@@ -336,6 +336,31 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+SUMMARY = {  # figure -> where it is in a report
+    "accuracy": ("generated", "accuracy"),
+    "frechet": ("frechet", "generated_vs_real"),
+    "frechet_floor": ("frechet", "real_vs_real"),
+    "frechet_ratio": ("frechet", "ratio"),
+    "diversity_ratio": ("diversity", "ratio"),
+    "near_copy_fraction": ("memorisation", "near_copy_fraction"),
+    "held_out_near_copy_fraction": ("memorisation", "held_out_near_copy_fraction"),
+}
+
+
+def mean_of(reports: list[dict]) -> dict:
+    """The headline figures averaged over reports of several seed sets."""
+    return {name: float(np.mean([r[a][b] for r in reports])) for name, (a, b) in SUMMARY.items()}
+
+
+def format_mean(r: dict) -> str:
+    lines = [f"{'seed':>6}{'accuracy':>10}{'Fréchet':>10}{'× floor':>9}{'diversity':>11}{'near-copies':>13}"]
+    rows = [(rep["sampler"]["seed"], {name: rep[a][b] for name, (a, b) in SUMMARY.items()}) for rep in r["reports"]]
+    for seed, m in rows + [("mean", r["mean"])]:
+        lines.append(f"{seed:>6}{m['accuracy']:>10.4f}{m['frechet']:>10.3f}{m['frechet_ratio']:>9.3f}"
+                     f"{m['diversity_ratio']:>11.3f}{m['near_copy_fraction']:>12.1%}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="digitgen eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("base", "fast"), default="base",
@@ -351,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, help="default: the pipeline's")
     p.add_argument("--timesteps", type=_int_list, help="a hand-picked schedule, e.g. 999,639,299,99 (LCM only; "
                                                       "default: the pipeline's for that step count, else even)")
-    p.add_argument("--seed", type=int, default=0, help="digit i uses seed SEED + i; also picks the real samples")
+    p.add_argument("--seed", type=_int_list, default=[0],
+                   help="digit i uses seed SEED + i; also picks the real samples. Several, comma-separated "
+                        "(e.g. 0,1000,2000,3000): one evaluation each and their mean, since one 1,000-digit "
+                        "Fréchet distance moves by several per cent from one seed set to another")
     p.add_argument("--batch", type=int, default=100, help="digits per generation batch (default 100)")
     p.add_argument("--nn-pool", type=int, default=0, help="training images searched for nearest neighbours "
                                                            "(default 0: all)")
@@ -377,21 +405,27 @@ def main(argv=None) -> int:
         return 2
     if args.weights is None:
         args.weights = paths.default_weights() if args.model == "base" else paths.FAST_WEIGHTS
+    reports = []
     try:
         pipe = DigitPipeline.from_pretrained(args.weights)
         classifier, info = load_classifier(args.classifier)
-        report = evaluate(pipe, classifier, args.data, per_class=args.per_class, steps=args.steps,
-                          scheduler=args.scheduler, guidance_scale=args.guidance_scale, timesteps=args.timesteps,
-                          seed=args.seed,
-                          batch=args.batch, nn_pool=args.nn_pool, copy_quantile=args.copy_quantile,
-                          classifier_train_images=info.get("training", {}).get("train_images"), log=say)
+        for seed in args.seed:
+            report = evaluate(pipe, classifier, args.data, per_class=args.per_class, steps=args.steps,
+                              scheduler=args.scheduler, guidance_scale=args.guidance_scale,
+                              timesteps=args.timesteps, seed=seed, batch=args.batch, nn_pool=args.nn_pool,
+                              copy_quantile=args.copy_quantile,
+                              classifier_train_images=info.get("training", {}).get("train_images"), log=say)
+            reports.append({"pipeline": str(args.weights), "classifier": str(args.classifier),
+                            "classifier_test_accuracy": info.get("metrics", {}).get("test", {}).get("accuracy"),
+                            "data": str(args.data), **report})
+            print(format_report(reports[-1]))
     except (WeightsError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = {"pipeline": str(args.weights), "classifier": str(args.classifier),
-              "classifier_test_accuracy": info.get("metrics", {}).get("test", {}).get("accuracy"),
-              "data": str(args.data), **report}
-    print(format_report(report))
+    report = reports[0]
+    if len(reports) > 1:
+        report = {"seeds": args.seed, "mean": mean_of(reports), "reports": reports}
+        print("\n" + format_mean(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -145,12 +145,9 @@ class DigitPipeline:
                 raise WeightsError(f"{where} must be a list of {key} timesteps, got {ts!r}")
             if int(key) > self.max_steps[self.defaults.scheduler]:
                 raise WeightsError(f"{where}: more steps than scheduler {self.defaults.scheduler} takes")
-            try:
-                self._scheduler(self.defaults.scheduler).set_timesteps(timesteps=ts)
-            except TypeError:
-                raise WeightsError(f"{where}: scheduler {self.defaults.scheduler} takes no hand-picked "
-                                   f"timesteps") from None
-            except ValueError as e:
+            try:  # resolve checks a hand-picked schedule against the scheduler
+                self.resolve(0, int(key), timesteps=ts)
+            except InvalidParameter as e:
                 raise WeightsError(f"{where}: {e}") from None
 
     # -- loading -----------------------------------------------------------

@@ -174,7 +174,8 @@ def generate_digits(pipe: DigitPipeline, per_class: int, seed: int, batch: int, 
 
 def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path, *, per_class: int = 100,
              steps: int | None = None, scheduler: str | None = None, guidance_scale: float | None = None,
-             timesteps: list[int] | None = None, seed: int = 0, batch: int = 100, nn_pool: int = 0, copy_quantile: float = 0.05,
+             timesteps: list[int] | None = None, seed: int = 0, batch: int = 100, nn_pool: int = 0,
+             copy_quantile: float = 0.05,
              classifier_train_images: int | None = None, log=None) -> dict:
     """Run the whole evaluation; returns the report as a JSON-able dict.
 
@@ -290,7 +291,8 @@ def format_report(r: dict) -> str:
     div = r["diversity"]
     lines = [
         f"digitgen evaluation: {r['n']} digits ({r['per_class']} per class); {s['scheduler']}, {s['steps']} steps"
-        f"{' ' + str(s['timesteps']) if isinstance(s.get('timesteps'), list) else ''}, guidance {s['guidance_scale']:g}, seeds {s['seeds']}",
+        f"{' ' + str(s['timesteps']) if isinstance(s.get('timesteps'), list) else ''}, "
+        f"guidance {s['guidance_scale']:g}, seeds {s['seeds']}",
         f"pipeline {r.get('pipeline', '?')}; classifier {r.get('classifier', '?')}"
         + (f" (test accuracy {r['classifier_test_accuracy']:.4f})" if r.get("classifier_test_accuracy") else ""),
         "",

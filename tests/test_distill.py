@@ -146,3 +146,18 @@ def test_resume_of_a_training_checkpoint_is_refused(setup, tmp_path, capsys):
                        "--steps", "1", "--batch-size", "4", "--sample-seeds", "0", "--no-progress"]) == 0
     assert main(["--resume", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "not a distillation checkpoint" in capsys.readouterr().err
+
+
+def test_a_second_run_starts_from_the_first_student(setup, tmp_path, capsys):
+    assert main(args(setup, tmp_path / "first", "--steps", "2")) == 0
+    first = DigitPipeline.from_pretrained(tmp_path / "first" / "pipeline").unet.state_dict()
+    second = Distiller(DistillConfig(data="", teacher=str(setup / "teacher"),
+                                     init=str(tmp_path / "first" / "pipeline")))
+    teacher = DigitPipeline.from_pretrained(setup / "teacher").unet.state_dict()
+    assert any(not np.array_equal(first[k], teacher[k]) for k in first)   # the first run moved the weights
+    for state in (second.model.state_dict(), second.ema.state_dict(), second.target.state_dict()):
+        for k in first:
+            np.testing.assert_array_equal(state[k], first[k], err_msg=k)
+    # a diffusion model is a teacher, not a student to continue
+    assert main(args(setup, tmp_path / "bad", "--steps", "1", "--init", str(setup / "teacher"))) == 2
+    assert "not a consistency student" in capsys.readouterr().err

@@ -60,6 +60,7 @@ from .train import Trainer
 class DistillConfig:
     data: str
     teacher: str = str(paths.WEIGHTS)
+    init: str = ""                    # a student folder to continue from ("": the teacher's weights)
     out: str = "runs/fast"
     batch_size: int = 64
     steps: int = 6000
@@ -111,7 +112,7 @@ class Distiller(Trainer):
         self.student_defaults = SamplingDefaults(scheduler="lcm", num_inference_steps=cfg.sample_steps,
                                                  guidance_scale=1.0, null_class_label=self.null_label,
                                                  distilled_guidance_scale=self.guidance)
-        state = teacher.unet.state_dict()
+        state = self._initial_state(teacher.unet)
         self.model = UNet2DModel(teacher.unet.config)
         self.model.load_state_dict(state)
         self.model.train()
@@ -129,6 +130,17 @@ class Distiller(Trainer):
         self.step = 0
         self._perm_epoch, self._perm = -1, None
         self._stop_signal = None
+
+    def _initial_state(self, teacher_unet: UNet2DModel) -> dict[str, np.ndarray]:
+        """Where the student, its EMA and its target start: the teacher, or
+        with `init` an earlier student of the same teacher (a second run
+        continues the first with a fresh learning-rate schedule)."""
+        if not self.cfg.init:
+            return teacher_unet.state_dict()
+        start = DigitPipeline.from_pretrained(self.cfg.init)
+        if start.scheduler_class != "LCMScheduler" or start.unet.config != teacher_unet.config:
+            raise WeightsError(f"--init {self.cfg.init}: not a consistency student with the teacher's UNet config")
+        return start.unet.state_dict()
 
     # -- the loss -----------------------------------------------------------
     def _coefficients(self, t: np.ndarray):

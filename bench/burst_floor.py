@@ -1,0 +1,141 @@
+"""Where a 503's time goes under a burst: the same burst of 50 raw requests
+(bench/soak.py's `raw_burst`) against three servers on loopback.
+
+    python bench/burst_floor.py [--bursts 8] [--json bench/results/burst_floor.json]
+
+1. bare: uvicorn (h11, as the service runs it) with an ASGI app that answers
+   503 and does nothing else: the HTTP server's own cost, the floor.
+2. held: the service (shipped weights) with a full backlog and its engine
+   held (tests/controlled_server.py `hold`), so the engine takes no CPU: the
+   cost of our stack (Starlette, FastAPI, our middleware, the door check).
+3. held + load in another process: as 2, with a NumPy GEMM load on every
+   core in a separate process at nice 19, as the engine would be if it ran
+   in a process of its own. (The service today runs it in-process; the soak
+   bench's burst phase measures that.)
+
+For each: the median and the worst over the bursts of a burst's p99 (at 50
+requests, its slowest but one). Prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.report import write_json  # noqa: E402
+from bench.soak import raw_burst  # noqa: E402
+from engine import paths  # noqa: E402
+
+HEAVY = "label=8&steps=1000&scheduler=ddpm&n=4&guidance_scale=2&model=base"  # 8,000 rows
+BARE_APP = """
+import sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b'{"detail": "the server is busy", "message": "the server is busy"}'
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="h11", log_level="warning", access_log=False)
+"""
+LOAD = "import numpy as np\na = np.ones((1024, 1024), np.float32)\nwhile True:\n    a @ a\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, path: str, proc: subprocess.Popen) -> None:
+    end = time.monotonic() + 120
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            httpx.get(url + path, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise SystemExit(f"{proc.args} did not start")
+
+
+def bursts(url: str, k: int, n: int) -> dict:
+    request = f"POST /generate?{HEAVY} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+    raw_burst(url, request, n)  # warm-up, not counted: a fresh server's first bursts are slower
+    p99s, statuses = [], set()
+    for _ in range(k):
+        out = raw_burst(url, request, n)
+        statuses |= {code for code, _ in out}
+        p99s.append(float(np.percentile([dt for _, dt in out], 99)))
+    return {"bursts": k, "requests_each": n, "statuses": sorted(statuses),
+            "p99_ms_median": 1e3 * statistics.median(p99s), "p99_ms_worst": 1e3 * max(p99s),
+            "p99_ms_each": [round(1e3 * p, 2) for p in p99s]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default=str(paths.WEIGHTS))
+    p.add_argument("--bursts", type=int, default=8)
+    p.add_argument("--n", type=int, default=50, help="requests a burst")
+    p.add_argument("--json", default=str(ROOT / "bench" / "results" / "burst_floor.json"))
+    args = p.parse_args(argv)
+    rows = {}
+
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", "/", bare)
+        rows["bare uvicorn answering 503"] = bursts(f"http://127.0.0.1:{port}", args.bursts, args.n)
+    finally:
+        bare.terminate()
+        bare.wait()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DIGITGEN_WEIGHTS": args.weights, "DIGITGEN_MAX_BACKLOG_ROWS": "8192",
+           "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "controlled_server.py"), str(port)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_ready(url, "/readyz", server)
+        server.stdin.write("hold\n")
+        server.stdin.flush()
+        server.stdout.readline()
+        filler = subprocess.Popen([sys.executable, "-c", f"import httpx; httpx.post({url + '/generate?' + HEAVY!r}, "
+                                                         f"timeout=3600)"])
+        time.sleep(2.0)  # the filler is admitted: the backlog is full, the engine waits at the gate
+        rows["digitgen, engine held"] = bursts(url, args.bursts, args.n)
+        load = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", LOAD])
+        time.sleep(1.0)
+        try:
+            rows["digitgen, engine held, load in another process (nice 19)"] = bursts(url, args.bursts, args.n)
+        finally:
+            load.kill()
+            load.wait()
+        filler.kill()
+        filler.wait()
+    finally:
+        server.terminate()
+        server.wait()
+
+    print(f"burst of {args.n} (p99 of each burst, over {args.bursts} bursts)")
+    print(f"{'server':60} {'median':>8} {'worst':>8}  statuses")
+    for name, r in rows.items():
+        print(f"{name:60} {r['p99_ms_median']:7.1f}ms {r['p99_ms_worst']:7.1f}ms  {r['statuses']}")
+    write_json(args.json, {"rows": rows, "machine": {"cpus": os.cpu_count(),
+                                                     "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

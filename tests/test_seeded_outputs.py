@@ -36,8 +36,9 @@ CASES = {
     "grid": ({"label": 2, "seed": 4294967294, "n": 3, "steps": 6, "size": 56}, None),
     "json": ({"label": 6, "seed": 99, "n": 2, "steps": 5, "format": "json"}, None),
     "body": ({}, {"label": 1, "seed": 11, "steps": 7, "scheduler": "ddim", "guidance_scale": 2.0}),
-    # the fast model (weights/fast), recorded when it shipped; both re-recorded on 2026-12-01, when its
-    # 4- and 2-step schedules became the tuned ones (model_index.json's timesteps): a deliberate change
+    # the fast model (weights/fast), recorded when it shipped; re-recorded, deliberately, when its 4- and
+    # 2-step schedules became the tuned ones (model_index.json's timesteps) and again ("fast") when its
+    # default became 3 steps
     "fast": ({"label": 5, "seed": 42, "model": "fast"}, None),
     "fast-grid": ({"label": 7, "seed": 3, "model": "fast", "steps": 2, "n": 2, "size": 56}, None),
 }

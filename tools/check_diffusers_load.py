@@ -5,10 +5,10 @@ compare their outputs (needs torch + diffusers, see README).
 
 A UNet folder: the UNet's outputs on four inputs. A pipeline folder (unet/ +
 scheduler/): the same, and for a consistency model (LCMScheduler) whole
-seeded 1-, 2- and 4-step samples, diffusers' UNet2DModel + LCMScheduler
-against DigitPipeline, fed the same noise (with the model's tuned timesteps
-from model_index.json where it has them for that step count, as
-`set_timesteps(timesteps=...)`).
+seeded samples at 1, 2 and 4 steps, its default and every tuned step count,
+diffusers' UNet2DModel + LCMScheduler against DigitPipeline, fed the same
+noise (with the model's tuned timesteps from model_index.json where it has
+them for that step count, as `set_timesteps(timesteps=...)`).
 """
 import json
 import sys
@@ -46,7 +46,7 @@ def compare_lcm_sampling(folder: Path) -> bool:
     unet = DiffusersUNet.from_pretrained(folder / "unet").eval()
     sched = LCMScheduler.from_pretrained(folder / "scheduler")
     ok = True
-    for steps in (1, 2, 4):
+    for steps in sorted({1, 2, 4, pipe.defaults.num_inference_steps, *map(int, pipe.defaults.timesteps or {})}):
         label, seed = 7, 11
         ours = pipe.generate([label], [seed], steps=steps)[0]
         # the engine's draws, in its order: x_T, then one noise per step but the last

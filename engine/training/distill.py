@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,8 @@ from .train import Trainer
 class DistillConfig:
     data: str
     teacher: str = str(paths.WEIGHTS)
-    init: str = ""                    # a student folder to continue from ("": the teacher's weights)
+    init: str = field(default="", metadata={"help": "start from this student (a pipeline folder, e.g. "
+                                                    "weights/fast) instead of the teacher's weights"})
     out: str = "runs/fast"
     batch_size: int = 64
     steps: int = 6000

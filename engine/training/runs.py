@@ -29,7 +29,7 @@ def build_parser(prog: str, description: str, config_cls) -> argparse.ArgumentPa
         kind = str if f.default is dataclasses.MISSING else type(f.default)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
                        help="MNIST .npz (x_train/y_train) or folder of IDX files" if f.name == "data"
-                       else f"default: {f.default}")
+                       else f.metadata.get("help", f"default: {f.default}"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps in this run")
     p.add_argument("--no-progress", action="store_true")

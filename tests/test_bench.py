@@ -69,3 +69,13 @@ def test_soak_bench_smoke_loses_nothing(tiny_weights, tmp_path):
     assert info["soak"]["usage"]["peak_rss_mb"] > 0
     gifs = info["largest_gifs"]
     assert gifs["statuses"] == {"200": 4} and gifs["rss_mb"]["peak"] >= gifs["rss_mb"]["before"] > 0
+
+
+def test_burst_floor_bench_smoke_refuses_every_burst(tiny_weights, tmp_path):
+    out = tmp_path / "burst_floor.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "burst_floor.py"), "--weights", str(tiny_weights),
+                           "--bursts", "1", "--n", "5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 3 and all(r["statuses"] == [503] and r["requests_each"] == 5 for r in rows.values())

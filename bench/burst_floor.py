@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
+from bench.server import free_port  # noqa: E402
 from bench.soak import raw_burst  # noqa: E402
 from engine import paths  # noqa: E402
 
@@ -50,12 +50,6 @@ async def app(scope, receive, send):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="h11", log_level="warning", access_log=False)
 """
 LOAD = "import numpy as np\na = np.ones((1024, 1024), np.float32)\nwhile True:\n    a @ a\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, path: str, proc: subprocess.Popen) -> None:

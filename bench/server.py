@@ -15,11 +15,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class LocalServer:
     def __init__(self, weights: Path, **settings):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "DIGITGEN_PORT": str(self.port),
                **{f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()}}

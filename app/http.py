@@ -5,9 +5,9 @@ refused unless allowed, and security headers on every response.
 
 What uvicorn itself bounds is set where the server starts (app/main.py's
 `serve` and the Dockerfile): concurrent connections (limit_concurrency, 503
-past it), the size of a request's headers (h11_max_incomplete_event_size),
-idle keep-alive connections (timeout_keep_alive), and the time a request's
-head may take (app/connection.py: uvicorn has no such setting).
+past it) and idle keep-alive connections (timeout_keep_alive); the size of
+a request's head and the time it may take are bounded in app/connection.py
+(uvicorn has no such settings for its httptools protocol).
 """
 from __future__ import annotations
 

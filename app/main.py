@@ -34,7 +34,7 @@ from engine.nn import runtime
 from engine.pipeline import DigitPipeline
 
 from .config import ConfigError, Settings
-from .connection import header_timeout_protocol
+from .connection import limited_protocol
 from .gate import Gate
 from .http import HttpLimits
 from .openai_images import router as openai_router
@@ -267,9 +267,9 @@ def serve(host: str | None = None, port: int | None = None, weights: str | Path 
                             # past this many connections (streams included) uvicorn answers 503
                             limit_concurrency=settings.max_connections,
                             timeout_keep_alive=5,                  # idle keep-alive connections close
-                            # h11, with a deadline on each request's head (app/connection.py)
-                            http=header_timeout_protocol(settings.header_timeout_s),
-                            h11_max_incomplete_event_size=16384)  # request line + headers <= 16 KiB
+                            # httptools, with a deadline on each request's head and a 16 KiB cap
+                            # on its size (app/connection.py)
+                            http=limited_protocol(settings.header_timeout_s))
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3

@@ -116,6 +116,29 @@ def test_a_head_that_does_not_arrive_gets_408_and_the_connection_closes(tiny_wei
         srv.stop()
 
 
+
+def test_a_head_over_16_kib_gets_431_and_the_connection_closes(tiny_weights, tmp_path):
+    """llhttp does not bound a request's headers; app/connection.py does."""
+    srv = Server(tiny_weights, tmp_path / "serve.log", serve=True)
+    try:
+        for size, sent_whole in ((17_000, True), (40_000, False)):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+                head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+                try:
+                    if sent_whole:
+                        s.sendall(head)
+                    else:  # in pieces: refused before the head is complete
+                        for i in range(0, len(head) - 4, 4096):
+                            s.sendall(head[i:i + 4096])
+                except OSError:  # closed by the server part-way
+                    pass
+                reply = _read_to_close(s)
+                assert reply.startswith(b"HTTP/1.1 431") and b"over 16384 bytes" in reply, reply[:200]
+        with httpx.Client(base_url=srv.url) as c:  # just under the cap is served
+            assert c.get("/healthz", headers={"x-big": "a" * 15_000}).status_code == 200
+    finally:
+        srv.stop()
+
 def _read_to_close(s: socket.socket) -> bytes:
     out = b""
     while True:

@@ -58,9 +58,17 @@ them together, one batched UNet forward per step. Seeds make results byte-identi
 
 
 class DigitgenApp(FastAPI):
-    """FastAPI whose failed start-up reports one clear line, not a traceback:
-    Starlette sends the traceback as the lifespan failure message, which
-    uvicorn logs; we swap in the message we know."""
+    """FastAPI with two changes:
+
+    * HTTP requests pass our pure-ASGI middleware (`front`, set by
+      create_app) before Starlette's own stack, not inside it: a request
+      refused at the door (a burst on a full server) then runs only the
+      layers it must (bench/burst_floor.py);
+    * a failed start-up reports one clear line, not a traceback: Starlette
+      sends the traceback as the lifespan failure message, which uvicorn
+      logs; we swap in the message we know."""
+
+    front = None  # ASGI app wrapping `routed`
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -70,7 +78,13 @@ class DigitgenApp(FastAPI):
                     message = {**message, "message": error}
                 await send(message)
             return await super().__call__(scope, receive, send_clean)
+        if self.front is not None:
+            return await self.front(scope, receive, send)
         return await super().__call__(scope, receive, send)
+
+    async def routed(self, scope, receive, send):
+        """Starlette's stack: its error middleware, exception handlers, routes."""
+        await super().__call__(scope, receive, send)
 
 
 @asynccontextmanager
@@ -231,16 +245,18 @@ def create_app(settings: Settings | None = None, *,
         keys = limits.api_key_list()
     except ConfigError as e:  # reported by the lifespan, as one line
         app.state.startup_error, app.state.settings, keys = f"digitgen cannot start: {e}", None, ()
-    # outermost last: metrics see everything, CORS answers preflights, the gate refuses before a body is read
-    app.add_middleware(HttpLimits, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
+    # outermost first: metrics see everything, CORS answers preflights, the gate and the limits refuse
+    # before a body is read
+    front = HttpLimits(app.routed, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
                        cors_origins=limits.cors_origin_list, busy=lambda images, rows: _busy(app, images, rows))
-    app.add_middleware(Gate, api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst)
+    front = Gate(front, api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst)
     _access_log_to_stderr()
     if limits.cors_origin_list:  # off unless configured
-        app.add_middleware(CORSMiddleware, allow_origins=list(limits.cors_origin_list), allow_methods=["GET", "POST"],
-                           allow_headers=["content-type", "authorization", "last-event-id"],
-                           expose_headers=["x-seed", "x-model", "x-steps", "x-scheduler", "retry-after", "x-request-id"])
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+        front = CORSMiddleware(front, allow_origins=list(limits.cors_origin_list), allow_methods=["GET", "POST"],
+                               allow_headers=["content-type", "authorization", "last-event-id"],
+                               expose_headers=["x-seed", "x-model", "x-steps", "x-scheduler", "retry-after",
+                                               "x-request-id"])
+    app.front = MetricsMiddleware(front, metrics=app.state.metrics)
     app.include_router(router)
     app.include_router(openai_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -3,15 +3,17 @@
 
     python bench/burst_floor.py [--bursts 8] [--json bench/results/burst_floor.json]
 
-1. bare: uvicorn (h11, as the service runs it) with an ASGI app that answers
-   503 and does nothing else: the HTTP server's own cost, the floor.
+1. bare: uvicorn with an ASGI app that answers 503 and does nothing else:
+   the HTTP server's own cost, the floor; with its pure-Python HTTP parser
+   (h11) and with the C one the service runs (httptools).
 2. held: the service (shipped weights) with a full backlog and its engine
    held (tests/controlled_server.py `hold`), so the engine takes no CPU: the
    cost of our stack (Starlette, FastAPI, our middleware, the door check).
 3. held + load in another process: as 2, with a NumPy GEMM load on every
    core in a separate process at nice 19, as the engine would be if it ran
-   in a process of its own. (The service today runs it in-process; the soak
-   bench's burst phase measures that.)
+   in a process of its own.
+4. running: `digitgen serve` as shipped, its engine computing the filler on
+   both cores in the same process, as a user runs it: the figure that counts.
 
 For each: the median and the worst over the bursts of a burst's p99 (at 50
 requests, its slowest but one). Prints a table and writes JSON.
@@ -33,7 +35,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
-from bench.server import free_port  # noqa: E402
+from bench.server import LocalServer, free_port  # noqa: E402
 from bench.soak import raw_burst  # noqa: E402
 from engine import paths  # noqa: E402
 
@@ -47,7 +49,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 503, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="h11", log_level="warning", access_log=False)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http=sys.argv[2], log_level="warning", access_log=False)
 """
 LOAD = "import numpy as np\na = np.ones((1024, 1024), np.float32)\nwhile True:\n    a @ a\n"
 
@@ -63,14 +65,20 @@ def wait_ready(url: str, path: str, proc: subprocess.Popen) -> None:
     raise SystemExit(f"{proc.args} did not start")
 
 
+def inflight(url: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("digitgen_inflight_trajectories "):
+            return float(line.split()[1])
+    raise SystemExit("no digitgen_inflight_trajectories in /metrics")
+
+
 def wait_admitted(url: str) -> None:
-    """Until the filler's images ride in the (held) batch: from then on the
-    backlog is full, however long this machine took to get there."""
+    """Until the filler's images ride in the batch: from then on the backlog
+    is full, however long this machine took to get there."""
     end = time.monotonic() + 120
     while time.monotonic() < end:
-        for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-            if line.startswith("digitgen_inflight_trajectories ") and float(line.split()[1]) > 0:
-                return
+        if inflight(url) > 0:
+            return
         time.sleep(0.1)
     raise SystemExit("the filler request was not admitted in 120 s")
 
@@ -97,14 +105,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows = {}
 
-    port = free_port()
-    bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port)])
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", "/", bare)
-        rows["bare uvicorn answering 503"] = bursts(f"http://127.0.0.1:{port}", args.bursts, args.n)
-    finally:
-        bare.terminate()
-        bare.wait()
+    for http in ("h11", "httptools"):
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port), http])
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", "/", bare)
+            rows[f"bare uvicorn ({http}) answering 503"] = bursts(f"http://127.0.0.1:{port}", args.bursts, args.n)
+        finally:
+            bare.terminate()
+            bare.wait()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -134,12 +143,27 @@ def main(argv=None) -> int:
         server.terminate()
         server.wait()
 
+    served = LocalServer(Path(args.weights), max_backlog_rows=8192)
+    try:
+        filler = subprocess.Popen([sys.executable, "-c", f"import httpx; httpx.post({served.url + '/generate?' + HEAVY!r}, "
+                                                         f"timeout=3600)"])
+        wait_admitted(served.url)
+        row = bursts(served.url, args.bursts, args.n)
+        # with small weights on a fast machine the filler may end before the bursts do
+        row["engine_busy_throughout"] = inflight(served.url) > 0
+        rows["digitgen serve, engine running in-process"] = row
+        filler.kill()
+        filler.wait()
+    finally:
+        served.close()
+
     print(f"burst of {args.n} (p99 of each burst, over {args.bursts} bursts)")
     print(f"{'server':60} {'median':>8} {'worst':>8}  statuses")
     for name, r in rows.items():
-        print(f"{name:60} {r['p99_ms_median']:7.1f}ms {r['p99_ms_worst']:7.1f}ms  {r['statuses']}")
-    write_json(args.json, {"rows": rows, "machine": {"cpus": os.cpu_count(),
-                                                     "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}})
+        note = "" if r.get("engine_busy_throughout", True) else "  (the filler ended before the bursts did)"
+        print(f"{name:60} {r['p99_ms_median']:7.1f}ms {r['p99_ms_worst']:7.1f}ms  {r['statuses']}{note}")
+    write_json(args.json, {"rows": rows, "machine": {"cpus": os.cpu_count(), **{
+        k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}}})
     return 0
 
 

@@ -78,4 +78,8 @@ def test_burst_floor_bench_smoke_refuses_every_burst(tiny_weights, tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 3 and all(r["statuses"] == [503] and r["requests_each"] == 5 for r in rows.values())
+    *fixed, running = rows.values()  # bare (h11, httptools), held, held + load; then the engine running
+    assert len(fixed) == 4 and all(r["statuses"] == [503] and r["requests_each"] == 5 for r in fixed)
+    # the tiny model may finish its filler before the bursts end on a fast machine: then some are served
+    assert running["requests_each"] == 5 and set(running["statuses"]) <= {200, 503}
+    assert running["statuses"] == [503] or not running["engine_busy_throughout"]

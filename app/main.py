@@ -285,7 +285,8 @@ def serve(host: str | None = None, port: int | None = None, weights: str | Path 
                             timeout_keep_alive=5,                  # idle keep-alive connections close
                             # httptools, with a deadline on each request's head and a 16 KiB cap
                             # on its size (app/connection.py)
-                            http=limited_protocol(settings.header_timeout_s))
+                            http=limited_protocol(settings.header_timeout_s),
+                            loop="auto")  # uvloop (a dependency where it exists, not on Windows), else asyncio
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3

@@ -5,13 +5,14 @@
 
 1. bare: uvicorn with an ASGI app that answers 503 and does nothing else:
    the HTTP server's own cost, the floor; with its pure-Python HTTP parser
-   (h11) and with the C one the service runs (httptools).
+   and event loop (h11, asyncio) and with the C ones the service runs
+   (httptools, uvloop).
 2. held: the service (shipped weights) with a full backlog and its engine
    held (tests/controlled_server.py `hold`), so the engine takes no CPU: the
    cost of our stack (Starlette, FastAPI, our middleware, the door check).
 3. held + load in another process: as 2, with a NumPy GEMM load on every
    core in a separate process at nice 19, as the engine would be if it ran
-   in a process of its own.
+   in a process of its own (tried: branch engine-process-experiment).
 4. running: `digitgen serve` as shipped, its engine computing the filler on
    both cores in the same process, as a user runs it: the figure that counts.
 
@@ -49,7 +50,8 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 503, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http=sys.argv[2], log_level="warning", access_log=False)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http=sys.argv[2], loop=sys.argv[3], log_level="warning",
+            access_log=False)
 """
 LOAD = "import numpy as np\na = np.ones((1024, 1024), np.float32)\nwhile True:\n    a @ a\n"
 
@@ -105,12 +107,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows = {}
 
-    for http in ("h11", "httptools"):
+    for http, loop in (("h11", "asyncio"), ("httptools", "uvloop")):
         port = free_port()
-        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port), http])
+        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(port), http, loop])
         try:
             wait_ready(f"http://127.0.0.1:{port}", "/", bare)
-            rows[f"bare uvicorn ({http}) answering 503"] = bursts(f"http://127.0.0.1:{port}", args.bursts, args.n)
+            rows[f"bare uvicorn ({http}, {loop}) answering 503"] = bursts(f"http://127.0.0.1:{port}", args.bursts,
+                                                                          args.n)
         finally:
             bare.terminate()
             bare.wait()

@@ -288,5 +288,8 @@ def serve(host: str | None = None, port: int | None = None, weights: str | Path 
                             http=limited_protocol(settings.header_timeout_s),
                             loop="auto")  # uvloop (a dependency where it exists, not on Windows), else asyncio
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises SIGINT once it has shut down; uvicorn.run() swallows it too
+        pass
     return 0 if server.started else 3

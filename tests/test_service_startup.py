@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 
 from app.config import ConfigError, Settings
 from app.main import create_app
-from conftest import ROOT, free_port, service_command, service_env
+from conftest import ROOT, Server, free_port, service_command, service_env
 
 
 def start(weights, timeout=60, **settings) -> subprocess.CompletedProcess:
@@ -67,6 +68,17 @@ def test_serve_returns_an_exit_status_on_failed_start_up(tmp_path):
             f"sys.exit(serve(port={free_port()}, weights={str(tmp_path / 'none')!r}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "weights folder not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_stops_on_ctrl_c_with_status_0_and_no_traceback(tiny_weights, tmp_path):
+    """Ctrl-C in a terminal: SIGINT, a clean shutdown, exit status 0, and no
+    KeyboardInterrupt traceback under the log (uvicorn re-raises the signal)."""
+    srv = Server(tiny_weights, tmp_path / "serve.log", serve=True)
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.proc.wait(30) == 0
+    srv.stop()
+    log = (tmp_path / "serve.log").read_text()
+    assert "Application shutdown complete" in log and "Traceback" not in log, log[-2000:]
 
 
 def test_not_ready_before_the_weights_are_loaded(tiny_weights):

@@ -27,11 +27,16 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy"
                     (b"x-frame-options", b"DENY")]
 
 
-async def problem(send, status: int, detail, headers: list | None = None) -> None:
-    """A JSON error in the app's shape straight from the middleware: {detail,
-    message}, where a 422's detail lists its issues as FastAPI's do."""
+def problem_body(detail) -> bytes:
+    """A JSON error in the app's shape: {detail, message}, where a 422's
+    detail lists its issues as FastAPI's do."""
     message = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in detail) if isinstance(detail, list) else detail
-    body = json.dumps({"detail": detail, "message": message}).encode()
+    return json.dumps({"detail": detail, "message": message}).encode()
+
+
+async def problem(send, status: int, detail, headers: list | None = None) -> None:
+    """A JSON error (problem_body) straight from the middleware."""
+    body = problem_body(detail)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -49,7 +54,20 @@ def _header(scope, name: bytes) -> str | None:
 GENERATION_ROUTES = {("POST", "/generate"), ("GET", "/generate/stream"), ("GET", "/generate.gif")}
 
 
-def _least_cost(query: list[tuple[str, str]]) -> tuple[int, int]:
+def parse_query(query_string: bytes) -> list[tuple[str, str]]:
+    """parse_qsl(..., keep_blank_values=True), with a fast path for the
+    common query that has nothing to unquote (a burst's refusals read it)."""
+    qs = query_string.decode("latin-1")
+    if "%" in qs or "+" in qs:
+        return parse_qsl(qs, keep_blank_values=True)
+    return [(name, value) for name, _, value in (part.partition("=") for part in qs.split("&") if part)]
+
+
+def busy_headers(busy: HTTPException) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in (busy.headers or {}).items()] + SECURITY_HEADERS
+
+
+def least_cost(query: list[tuple[str, str]]) -> tuple[int, int]:
     """The least (images, UNet rows) the request can cost, read from its query
     string alone: n images of `steps` steps, a row each (1 where not given
     or not a plain number; the route checks them properly if it runs)."""
@@ -69,15 +87,14 @@ class HttpLimits:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        error = self._refused(scope, query)
+        query = parse_query(scope.get("query_string", b""))
+        error = self.refused(scope, query)
         if error:
             return await problem(send, *error)
         if (scope["method"], scope["path"]) in GENERATION_ROUTES:
-            busy = self.busy(*_least_cost(query))
+            busy = self.busy(*least_cost(query))
             if busy is not None:  # before the body, the parameters and the route: a burst costs little
-                headers = [(k.lower().encode(), v.encode()) for k, v in (busy.headers or {}).items()]
-                return await problem(send, busy.status_code, busy.detail, headers + SECURITY_HEADERS)
+                return await problem(send, busy.status_code, busy.detail, busy_headers(busy))
         body = await self._read_body(scope, receive, send)
         if body is None:  # answered (413/408) or the client left
             return
@@ -102,7 +119,7 @@ class HttpLimits:
 
         await self.app(scope, replay, send_with_headers)
 
-    def _refused(self, scope, query: list[tuple[str, str]]) -> tuple[int, str] | None:
+    def refused(self, scope, query: list[tuple[str, str]]) -> tuple[int, str] | None:
         """(status, why) for a request refused before anything runs."""
         origin = _header(scope, b"origin")
         if origin is not None and origin not in self.cors_origins:

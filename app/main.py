@@ -35,6 +35,7 @@ from engine.pipeline import DigitPipeline
 
 from .config import ConfigError, Settings
 from .connection import limited_protocol
+from .door import Door
 from .gate import Gate
 from .http import HttpLimits
 from .openai_images import router as openai_router
@@ -69,6 +70,7 @@ class DigitgenApp(FastAPI):
       logs; we swap in the message we know."""
 
     front = None  # ASGI app wrapping `routed`
+    door = None   # app/door.py, for the HTTP protocol
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -247,9 +249,11 @@ def create_app(settings: Settings | None = None, *,
         app.state.startup_error, app.state.settings, keys = f"digitgen cannot start: {e}", None, ()
     # outermost first: metrics see everything, CORS answers preflights, the gate and the limits refuse
     # before a body is read
-    front = HttpLimits(app.routed, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
-                       cors_origins=limits.cors_origin_list, busy=lambda images, rows: _busy(app, images, rows))
-    front = Gate(front, api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst)
+    http_limits = HttpLimits(app.routed, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s,
+                             cors_origins=limits.cors_origin_list, busy=lambda images, rows: _busy(app, images, rows))
+    front = gate = Gate(http_limits, api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst)
+    # the same 503 as http_limits', answered by `serve`'s HTTP protocol before any of this runs
+    app.door = Door(gate, http_limits, app.state.metrics)
     _access_log_to_stderr()
     if limits.cors_origin_list:  # off unless configured
         front = CORSMiddleware(front, allow_origins=list(limits.cors_origin_list), allow_methods=["GET", "POST"],
@@ -277,15 +281,16 @@ def serve(host: str | None = None, port: int | None = None, weights: str | Path 
     except ConfigError as e:
         print(f"digitgen cannot start: {e}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                             timeout_graceful_shutdown=settings.graceful_s or None,
                             access_log=False,                      # the app writes JSON access lines
                             # past this many connections (streams included) uvicorn answers 503
                             limit_concurrency=settings.max_connections,
                             timeout_keep_alive=5,                  # idle keep-alive connections close
-                            # httptools, with a deadline on each request's head and a 16 KiB cap
-                            # on its size (app/connection.py)
-                            http=limited_protocol(settings.header_timeout_s),
+                            # httptools, with a deadline on each request's head, a 16 KiB cap on its
+                            # size, and the door's 503 answered right there (app/connection.py)
+                            http=limited_protocol(settings.header_timeout_s, door=app.door),
                             loop="auto")  # uvloop (a dependency where it exists, not on Windows), else asyncio
     server = uvicorn.Server(config)
     try:

@@ -4,11 +4,15 @@ thread and the event loop both update them), plus the ASGI middleware that
 counts requests by route template and status."""
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import threading
 import time
 from collections import deque
 from typing import Callable
+
+from .http import GENERATION_ROUTES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -86,16 +90,16 @@ class Histogram(_Metric):
 
     def observe(self, value: float, **labels) -> None:
         k = self._key(labels)
+        i = bisect.bisect_left(self.buckets, value)  # the first bucket with value <= its bound
         with self._lock:
-            counts, total = self._values.get(k, ([0] * len(self.buckets), 0.0))
-            for i, b in enumerate(self.buckets):
-                if value <= b:
-                    counts[i] += 1
+            counts, total = self._values.get(k, ([0] * len(self.buckets), 0.0))  # per bucket, not cumulative
+            counts[i] += 1
             self._values[k] = (counts, total + value)
 
     def _samples(self):
         out = []
-        for k, (counts, total) in sorted(self._values.items()):
+        for k, (per_bucket, total) in sorted(self._values.items()):
+            counts = list(itertools.accumulate(per_bucket))  # Prometheus buckets are cumulative
             for b, c in zip(self.buckets, counts):
                 le = 'le="' + _num(b) + '"'
                 out.append(f"{self.name}_bucket{_labels(self.labelnames, k, le)} {c}")
@@ -168,7 +172,8 @@ class ServiceMetrics:
 class MetricsMiddleware:
     """Pure ASGI (BaseHTTPMiddleware would buffer the event streams). The
     route label is the matched template ("/generate"), never the raw path, so
-    unknown URLs cannot blow up the label set."""
+    unknown URLs cannot blow up the label set; a generation request refused
+    before routing is labelled with its (fixed) path all the same."""
 
     def __init__(self, app, metrics: ServiceMetrics):
         self.app, self.metrics = app, metrics
@@ -187,6 +192,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None) or \
+                (scope["path"] if (scope["method"], scope["path"]) in GENERATION_ROUTES else "unmatched")
             self.metrics.requests.inc(route=route, method=scope["method"], status=status)
             self.metrics.latency.observe(time.perf_counter() - start, route=route)

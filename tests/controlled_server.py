@@ -28,6 +28,7 @@ import numpy as np
 import uvicorn
 
 from app.config import Settings
+from app.connection import limited_protocol
 from app.main import create_app
 from engine.pipeline import DigitPipeline
 
@@ -122,7 +123,8 @@ def main() -> None:
     app = create_app(settings, load_pipeline=loader(gate, args.engine, args.step_ms / 1e3), clock=clock)
     threading.Thread(target=control, args=(gate, clock), daemon=True).start()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=settings.graceful_s or None)
+                timeout_graceful_shutdown=settings.graceful_s or None,
+                http=limited_protocol(settings.header_timeout_s, door=app.door))  # as `digitgen serve` runs it
 
 
 if __name__ == "__main__":

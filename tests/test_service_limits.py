@@ -5,6 +5,7 @@ against the real tiny model and against stand-in engine steps of ~0 ms and
 ~200 ms: none of them depends on how fast the machine is."""
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -105,6 +106,60 @@ def test_a_full_server_refuses_before_reading_the_request(small):
                     head = s.recv(65536).split(b"\r\n\r\n")[0].decode().lower()
                 assert head.startswith("http/1.1 503"), head
                 assert "retry-after:" in head and "x-request-id:" in head, head
+
+
+def _responses(s: socket.socket, k: int) -> list[tuple[bytes, bytes]]:
+    """k (head, body) pairs read off a keep-alive connection (bodies by Content-Length)."""
+    data, out = b"", []
+    while len(out) < k:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next(int(v) for n, _, v in (l.partition(b": ") for l in head.split(b"\r\n")[1:])
+                          if n.lower() == b"content-length")
+            if len(rest) >= length:
+                out.append((head.lower(), rest[:length]))
+                data = rest[length:]
+                continue
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {len(out)} responses"
+        data += chunk
+    return out
+
+
+def test_a_full_server_answers_at_the_door_and_keeps_the_connection_in_step(small):
+    """Body-less generation requests on a full server are refused by the HTTP
+    protocol itself (app/door.py): the middleware's 503, headers and log
+    line, in order with pipelined requests, the connection still usable."""
+    small.control("hold")
+    before = small.metric("digitgen_http_requests_total", route="/generate", method="POST", status="503")
+    with httpx.Client(base_url=small.url, timeout=30) as a, httpx.Client(base_url=small.url, timeout=30) as b:
+        with a.stream("GET", "/generate/stream", params=LONG) as running:
+            small.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
+            with b.stream("GET", "/generate/stream", params=LONG) as waiting:
+                assert running.status_code == waiting.status_code == 200
+                small.wait_metric("digitgen_queue_depth", lambda v: v == 1)
+                host, port = small.url.removeprefix("http://").split(":")
+                with socket.create_connection((host, int(port)), timeout=30) as s:
+                    s.sendall(b"POST /generate?label=1&steps=2 HTTP/1.1\r\nHost: x\r\nX-Request-ID: door-1\r\n\r\n"
+                              b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                              b"GET /generate.gif?label=1&steps=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    (h1, b1), (h2, b2), (h3, b3) = _responses(s, 3)
+                    s.sendall(b"POST /generate?label=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    (h4, _), = _responses(s, 1)
+                    assert s.recv(65536) == b""  # closed, as asked
+    for head in (h1, h3, h4):
+        assert head.startswith(b"http/1.1 503") and b"retry-after: " in head and b"x-request-id: " in head
+        assert b"x-content-type-options: nosniff" in head and b"content-type: application/json" in head
+    assert b"x-request-id: door-1" in h1 and b"connection: close" in h4
+    assert json.loads(b1)["message"] == json.loads(b1)["detail"] and "busy" in json.loads(b1)["message"]
+    assert h2.startswith(b"http/1.1 200") and json.loads(b2)["status"] == "ok"
+    assert small.metric("digitgen_http_requests_total", route="/generate", method="POST", status="503") == before + 2
+    end = time.monotonic() + 10
+    while '"request_id": "door-1"' not in small.log.read_text():
+        assert time.monotonic() < end, "no access-log line for the request answered at the door"
+        time.sleep(0.05)
+    line = next(l for l in small.log.read_text().splitlines() if '"request_id": "door-1"' in l)
+    assert json.loads(line)["status"] == 503 and json.loads(line)["path"] == "/generate"
 
 
 def test_post_past_its_deadline_gives_504(small):

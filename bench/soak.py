@@ -144,8 +144,23 @@ def largest_gifs(server: LocalServer, k: int = 4) -> dict:
                                                                  "after": server.usage()["rss_mb"]}}
 
 
+def wait_idle(url: str, timeout: float = 60.0) -> None:
+    """Until the engine has nothing in flight or queued: an earlier phase's
+    clients that gave up are cancelled within a step, but not at once."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        gauges = {line.split()[0]: float(line.split()[1]) for line in httpx.get(url + "/metrics", timeout=10).text
+                  .splitlines() if line.startswith(("digitgen_inflight_trajectories ", "digitgen_queue_depth "))}
+        if not any(gauges.values()):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"the engine was still busy after {timeout:g} s")
+
+
 def heavy_beside_light(url: str, heavy: dict, light: dict, seconds: float) -> dict:
-    """Five maximum-cost requests run; one client asks light requests meanwhile."""
+    """Five maximum-cost requests are sent (as many run as the backlog
+    takes); one client asks light requests meanwhile."""
+    wait_idle(url)  # the burst phase's fillers must be gone, or they take the heavy ones' places
     heavy_codes: list = []
 
     def run_heavy():  # held for the phase, then the client gives up and its work is cancelled

@@ -48,7 +48,6 @@ class Door:
             return None
         request_id = request_id_of(head)
         log_access(request_id, client, method, path, busy.status_code, start)
-        self.metrics.requests.inc(route=path, method=method, status=busy.status_code)
-        self.metrics.latency.observe(time.perf_counter() - start, route=path)
+        self.metrics.observe_request(path, method, busy.status_code, time.perf_counter() - start)
         return busy.status_code, [(b"content-type", b"application/json"), *busy_headers(busy),
                                   (b"x-request-id", request_id.encode())], problem_body(busy.detail)

@@ -152,6 +152,10 @@ class ServiceMetrics:
                                 "Requests turned away before generation, by reason.", ("reason",))
         self._recent: deque[tuple[float, int]] = deque()
 
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.inc(route=route, method=method, status=status)
+        self.latency.observe(seconds, route=route)
+
     def observe_step(self, batch: int, seconds: float) -> None:
         self.batch_size.observe(batch)
         self.step_seconds.observe(seconds)
@@ -194,5 +198,4 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or \
                 (scope["path"] if (scope["method"], scope["path"]) in GENERATION_ROUTES else "unmatched")
-            self.metrics.requests.inc(route=route, method=scope["method"], status=status)
-            self.metrics.latency.observe(time.perf_counter() - start, route=route)
+            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)

@@ -38,7 +38,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
-from bench.server import LocalServer, free_port  # noqa: E402
+from bench.server import LocalServer, free_port, gauge  # noqa: E402
 from bench.soak import raw_burst  # noqa: E402
 from engine import paths  # noqa: E402
 
@@ -69,19 +69,12 @@ def wait_ready(url: str, path: str, proc: subprocess.Popen) -> None:
     raise SystemExit(f"{proc.args} did not start")
 
 
-def inflight(url: str) -> float:
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("digitgen_inflight_trajectories "):
-            return float(line.split()[1])
-    raise SystemExit("no digitgen_inflight_trajectories in /metrics")
-
-
 def wait_admitted(url: str) -> None:
     """Until the filler's images ride in the batch: from then on the backlog
     is full, however long this machine took to get there."""
     end = time.monotonic() + 120
     while time.monotonic() < end:
-        if inflight(url) > 0:
+        if gauge(url, "digitgen_inflight_trajectories") > 0:
             return
         time.sleep(0.1)
     raise SystemExit("the filler request was not admitted in 120 s")
@@ -158,7 +151,7 @@ def main(argv=None) -> int:
         wait_admitted(served.url)
         row = bursts(served.url, args.bursts, args.n)
         # with small weights on a fast machine the filler may end before the bursts do
-        row["engine_busy_throughout"] = inflight(served.url) > 0
+        row["engine_busy_throughout"] = gauge(served.url, "digitgen_inflight_trajectories") > 0
         rows["digitgen serve, engine running in-process"] = row
         filler.kill()
         filler.wait()

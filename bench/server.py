@@ -15,6 +15,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def gauge(url: str, name: str) -> float:
+    """One unlabelled sample from the server's /metrics."""
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise SystemExit(f"no {name} in /metrics")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
-from bench.server import LocalServer  # noqa: E402
+from bench.server import LocalServer, gauge  # noqa: E402
 from engine import paths  # noqa: E402
 
 
@@ -149,9 +149,7 @@ def wait_idle(url: str, timeout: float = 60.0) -> None:
     clients that gave up are cancelled within a step, but not at once."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        gauges = {line.split()[0]: float(line.split()[1]) for line in httpx.get(url + "/metrics", timeout=10).text
-                  .splitlines() if line.startswith(("digitgen_inflight_trajectories ", "digitgen_queue_depth "))}
-        if not any(gauges.values()):
+        if not gauge(url, "digitgen_inflight_trajectories") and not gauge(url, "digitgen_queue_depth"):
             return
         time.sleep(0.05)
     raise SystemExit(f"the engine was still busy after {timeout:g} s")

@@ -12,15 +12,16 @@ import pytest
 
 from engine.schedulers import (
     DDIMConfig, DDIMScheduler, DDPMConfig, DDPMScheduler, DPMSolverConfig, DPMSolverMultistepScheduler, LCMConfig,
-    LCMScheduler, SchedulerOutput, make_scheduler,
+    LCMScheduler, SchedulerOutput, TCDConfig, TCDScheduler, make_scheduler,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schedulers.npz"
 with np.load(FIXTURE, allow_pickle=False) as _npz:
     DATA = {key: _npz[key] for key in _npz.files}
 
-CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
-CONFIGS = {"ddpm": DDPMConfig, "ddim": DDIMConfig, "dpm": DPMSolverConfig, "lcm": LCMConfig}
+CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "lcm": LCMScheduler,
+           "tcd": TCDScheduler}
+CONFIGS = {"ddpm": DDPMConfig, "ddim": DDIMConfig, "dpm": DPMSolverConfig, "lcm": LCMConfig, "tcd": TCDConfig}
 CASES = sorted(k[: -len("/config")] for k in DATA if k.endswith("/config"))
 RUN_CASES = [c for c in CASES if f"{c}/init" in DATA]
 ADD_NOISE_CASES = sorted(k[: -len("/noisy")] for k in DATA if k.endswith("/add_noise/noisy"))
@@ -236,6 +237,9 @@ def test_oracle_model_lands_on_x0(kind, spacing):
         abar = sched.alphas_cumprod[t]
         eps = ((x - np.sqrt(abar) * x0) / np.sqrt(1 - abar)).astype(np.float32)
         x = sched.step(eps, t, x, generator=rng).prev_sample
+    if kind == "tcd":  # TCD's last step lands on timestep 0, where sqrt(1 - abar_0) of eps_hat remains
+        abar0 = sched.alphas_cumprod[0]
+        x0 = np.sqrt(abar0) * x0 + np.sqrt(1 - abar0) * eps
     np.testing.assert_allclose(x, x0, atol=2e-3 if kind == "ddim" else 1e-4)
 
 
@@ -538,3 +542,33 @@ def test_lcm_hand_picked_timesteps_are_checked(bad, why):
         lcm.set_timesteps(4, timesteps=[999, 499, 299, 99])
     lcm.set_timesteps(timesteps=[999, 19])
     assert lcm.timesteps.tolist() == [999, 19] and lcm.num_inference_steps == 2
+
+
+def test_tcd_eta_sets_how_much_fresh_noise_each_jump_takes():
+    """eta = 0 is deterministic (the generator is never drawn from), eta > 0
+    draws one noise per jump but none on the last; out of [0, 1] is an error."""
+    def run(eta, rng):
+        tcd = TCDScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=True)
+        tcd.set_timesteps(timesteps=[999, 639, 299])
+        x = np.random.default_rng(0).standard_normal((1, 1, 2, 2)).astype(np.float32)
+        eps = np.full_like(x, 0.5)
+        for t in tcd.timesteps:
+            x = tcd.step(eps, t, x, eta=eta, generator=rng).prev_sample
+        return x
+
+    untouched = np.random.default_rng(5)
+    state = untouched.bit_generator.state
+    deterministic = run(0.0, untouched)
+    assert untouched.bit_generator.state == state
+    np.testing.assert_array_equal(deterministic, run(0.0, np.random.default_rng(6)))
+    drawn = np.random.default_rng(5)
+    stochastic = run(0.3, drawn)
+    assert not np.allclose(stochastic, deterministic)
+    expected = np.random.default_rng(5)
+    expected.standard_normal((2, 1, 1, 2, 2), dtype=np.float32)  # two jumps, none after the last step
+    assert drawn.bit_generator.state == expected.bit_generator.state
+    tcd = TCDScheduler()
+    tcd.set_timesteps(2)
+    for eta in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="eta must be in"):
+            tcd.step(np.zeros((1, 1)), tcd.timesteps[0], np.zeros((1, 1)), eta=eta)

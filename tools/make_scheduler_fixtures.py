@@ -15,7 +15,8 @@ lives under a key prefix "<sched>/<beta_schedule>/<spacing>/<steps>/<variant>":
   .../model_outputs   (steps, *shape) random model outputs    }
   .../noise           (steps, *shape) noise the step consumed }  (ddpm, ddim eta>0)
   .../prev_sample     (steps, *shape) step outputs            }
-  .../pred_original   (steps, *shape) x0 predictions          }  (dpm: converted model output)
+  .../pred_original   (steps, *shape) x0 predictions          }  (dpm: converted model output;
+                                                                  tcd: see x0_of below)
   .../step_kwargs     JSON bytes, if any: extra step() arguments and "start" (first step index)
 
 plus "<sched>/<beta_schedule>/add_noise/*" and "<sched>/default/config_json".
@@ -33,11 +34,13 @@ import torch
 
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
 import diffusers.schedulers.scheduling_lcm as lcm_module
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
+import diffusers.schedulers.scheduling_tcd as tcd_module
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler, TCDScheduler
 
 torch.set_num_threads(1)
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "schedulers.npz"
-CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
+CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "lcm": LCMScheduler,
+           "tcd": TCDScheduler}
 SCHEDULES = {
     "linear": {},
     "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
@@ -56,6 +59,18 @@ def config_json(sched) -> str:
     cfg = {k: v for k, v in sched.config.items() if k != "_use_default_values"}
     cfg["_class_name"] = type(sched).__name__
     return json.dumps(cfg, sort_keys=True)
+
+
+def x0_of(sched, model_output, t, sample):
+    """TCD's x0 estimate, which diffusers' TCDScheduler.step computes but does
+    not return (it returns x_s): its formula on the scheduler's own tensors."""
+    abar = sched.alphas_cumprod[t]
+    pt = sched.config.prediction_type
+    if pt == "epsilon":
+        return (sample - (1 - abar).sqrt() * model_output) / abar.sqrt()
+    if pt == "sample":
+        return model_output
+    return abar.sqrt() * sample - (1 - abar).sqrt() * model_output
 
 
 class Recorder:
@@ -92,7 +107,8 @@ class Recorder:
         rng = np.random.default_rng(self.seed)
         init = rng.standard_normal(shape, dtype=np.float32)
         model_outputs = rng.standard_normal((n, *shape), dtype=np.float32)
-        uses_noise = kind in ("ddpm", "lcm") or (kind == "ddim" and step_kwargs.get("eta", 0.0) > 0)
+        eta = step_kwargs.get("eta", 0.3 if kind == "tcd" else 0.0)   # TCDScheduler.step's default eta is 0.3
+        uses_noise = kind in ("ddpm", "lcm") or (kind in ("ddim", "tcd") and eta > 0)
         noise = rng.standard_normal((n, *shape), dtype=np.float32) if uses_noise else None
 
         prev, pred = [], []
@@ -107,6 +123,13 @@ class Recorder:
                 ddpm_module.randn_tensor = lcm_module.randn_tensor = fake_randn
                 out = sched.step(mo, t, x)
                 pred.append((out.pred_original_sample if kind == "ddpm" else out.denoised).numpy())
+            elif kind == "tcd":  # draws like LCM (on every step but the last, if eta > 0)
+                def fake_randn(shape_, generator=None, device=None, dtype=None, _z=None if noise is None else noise[i]):
+                    assert _z is not None and tuple(shape_) == _z.shape
+                    return torch.from_numpy(_z.copy())
+                tcd_module.randn_tensor = fake_randn
+                pred.append(x0_of(sched, mo, t, x).numpy())
+                out = sched.step(mo, t, x, **step_kwargs)
             elif kind == "ddim":
                 extra = {"variance_noise": torch.from_numpy(noise[i].copy())} if uses_noise else {}
                 out = sched.step(mo, t, x, **step_kwargs, **extra)
@@ -230,7 +253,7 @@ def main() -> None:
     rec.case("dpm", "linear", 1000, "long", shape=SHAPE_LONG, timestep_spacing="trailing")
 
     # --- add_noise / get_velocity and default configs ----------------------
-    for kind in CLASSES:
+    for kind in ("ddpm", "ddim", "dpm", "lcm"):
         for sched in SCHEDULES:
             rec.add_noise(kind, sched)
         # exactly what save_config writes to scheduler_config.json
@@ -252,6 +275,24 @@ def main() -> None:
     # hand-picked schedules (weights/fast/model_index.json's "timesteps")
     rec.case("lcm", "linear", 4, "custom", custom=[999, 559, 279, 99], **student)
     rec.case("lcm", "linear", 3, "custom", custom=[979, 419, 19], **student)
+
+    # --- TCD (the fast model's tuned sampler); after LCM, for the same reason
+    for n in (1, 2, 3, 4, 8):
+        rec.case("tcd", "linear", n, "student", **student)   # step's default eta, 0.3
+    for eta in (0.0, 0.15, 0.5, 1.0):
+        rec.case("tcd", "linear", 4, f"eta{eta:g}", step_kwargs={"eta": eta}, **student)
+    rec.case("tcd", "linear", 3, "custom-eta0.2", custom=[999, 639, 299], step_kwargs={"eta": 0.2}, **student)
+    rec.case("tcd", "linear", 4, "custom", custom=[999, 639, 299, 99], **student)
+    for n in (1, 4, 8):
+        rec.case("tcd", "scaled_linear", n)   # diffusers' defaults
+    rec.case("tcd", "linear", 4, "orig20", original_inference_steps=20, **student)
+    rec.case("tcd", "linear", 4, "vpred", prediction_type="v_prediction", **student)
+    rec.case("tcd", "linear", 4, "sample", prediction_type="sample")
+    rec.case("tcd", "linear", 4, "alpha1false", set_alpha_to_one=False)
+    rec.case("tcd", "squaredcos_cap_v2", 4, "student", **student)
+    for sched in SCHEDULES:
+        rec.add_noise("tcd", sched)
+    rec.put("tcd/default/config_json", text(TCDScheduler().to_json_string()))
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **rec.arrays)

@@ -18,12 +18,14 @@ from .ddim import DDIMConfig, DDIMScheduler
 from .ddpm import DDPMConfig, DDPMScheduler
 from .dpm_solver import DPMSolverConfig, DPMSolverMultistepScheduler
 from .lcm import LCMConfig, LCMScheduler
+from .tcd import TCDConfig, TCDScheduler
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
     "dpm": DPMSolverMultistepScheduler,
     "lcm": LCMScheduler,
+    "tcd": TCDScheduler,
 }
 # The samplers a model can use, by the scheduler class its folder was saved
 # with: a diffusion model any of the three, a consistency model only its own.
@@ -51,6 +53,6 @@ def make_scheduler(name: str, **config: Any):
 
 __all__ = [
     "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "SchedulerOutput",
-    "DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "SchedulerConfig",
+    "TCDScheduler", "DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "SchedulerConfig", "TCDConfig",
     "SAMPLERS_FOR", "SCHEDULERS", "STEP_OPTIONS", "make_scheduler",
 ]

@@ -116,6 +116,16 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
         self.timesteps = origin[indices].copy()
         self._step_index = None
 
+    def _locate(self, t: int) -> int:
+        """The index of this step: like diffusers, the first step finds
+        itself in the schedule, later steps follow on."""
+        if self._step_index is None:
+            (where,) = np.nonzero(self.timesteps == t)
+            if where.size == 0:
+                raise ValueError(f"timestep {t} is not in this scheduler's timesteps {self.timesteps.tolist()}")
+            self._step_index = int(where[0])
+        return self._step_index
+
     def step(self, model_output, timestep, sample, generator: np.random.Generator | None = None,
              variance_noise: np.ndarray | None = None) -> SchedulerOutput:
         """One jump: x0_hat from the model output, the consistency estimate
@@ -129,12 +139,7 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
         t = as_timestep(timestep, cfg.num_train_timesteps)
-        if self._step_index is None:  # like diffusers: the first step locates itself in the schedule
-            (where,) = np.nonzero(self.timesteps == t)
-            if where.size == 0:
-                raise ValueError(f"timestep {t} is not in this scheduler's timesteps {self.timesteps.tolist()}")
-            self._step_index = int(where[0])
-        i = self._step_index
+        i = self._locate(t)
         last = i == self.num_inference_steps - 1
         prev_t = t if last else int(self.timesteps[i + 1])
 

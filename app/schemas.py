@@ -35,12 +35,13 @@ ALLOWED = {k: words for k, (_, words) in BOUNDS.items()} | {
 
 DOCS = {
     "model": "base: the diffusion model (20 DPM-Solver++ steps with guidance); fast: its consistency-distilled "
-             "student (a few LCM steps, guidance built in). Default: the server's (see /info).",
+             "student (a few TCD steps, guidance built in). Default: the server's (see /info).",
     "label": "The digit to draw.",
     "steps": "Denoising steps. Default: the weights' sampling default (20 for the shipped weights). "
              "dpm accepts at most 999.",
     "scheduler": "Sampler: ddpm (stochastic), ddim (deterministic), dpm (DPM-Solver++, the usual default); "
-                 "lcm for a consistency-distilled model.",
+                 "tcd (TCD's strategic stochastic sampling, the usual default) or lcm for a consistency-"
+                 "distilled model.",
     "guidance_scale": "Classifier-free guidance: 0 = unconditional, 1 = conditional only, higher = more "
                       "digit-like. Default: the weights' default.",
     "seed": "Random seed. The same seed and parameters give byte-identical images, alone or under load, on the "

@@ -21,7 +21,7 @@ import numpy as np
 from .io import WeightsError, read_json
 from .models.runner import InferenceRunner
 from .models.unet_2d import UNet2DModel
-from .schedulers import SAMPLERS_FOR, STEP_OPTIONS, make_scheduler
+from .schedulers import SAMPLERS_FOR, STEP_OPTIONS, TCDScheduler, make_scheduler
 from .schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
 SCHEDULERS = SAMPLERS_FOR["DDPMScheduler"]  # the samplers of a diffusion model
@@ -49,6 +49,8 @@ class SamplingDefaults:
     # hand-picked timesteps of the default scheduler by step count, e.g. {"4": [999, 539, 259, 79]}
     # (a student's tuned schedule; other step counts are evenly spaced)
     timesteps: dict[str, list[int]] | None = None
+    # the tcd sampler's eta (diffusers' TCDScheduler.step(eta=...)); None: diffusers' default
+    eta: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class DigitPipeline:
             raise WeightsError(f"scheduler class {self.scheduler_class!r} is not supported; "
                                f"choose one of {sorted(SAMPLERS_FOR)}")
         self.samplers = SAMPLERS_FOR[self.scheduler_class]
+        self.scheduler_config_keys = next(c._fields.keys() for c in SCHEDULER_CLASSES.values()
+                                          if c._class_name == self.scheduler_class)
         self.defaults = defaults or SamplingDefaults()
         if self.defaults.null_class_label is None:
             self.defaults = dataclasses.replace(self.defaults, null_class_label=unet.config.null_class_label)
@@ -128,6 +132,12 @@ class DigitPipeline:
         size = c.sample_size if isinstance(c.sample_size, int) else 28
         self.sample_shape = (c.in_channels, size, size)
         self.max_steps = {name: _max_steps(self._scheduler(name)) for name in self.samplers}
+        # step() arguments by sampler: the fixed ones, and the model's eta for tcd
+        self.step_options = dict(STEP_OPTIONS)
+        try:
+            self.set_eta(TCDScheduler.DEFAULT_ETA if self.defaults.eta is None else self.defaults.eta)
+        except ValueError as e:
+            raise WeightsError(f"model_index.json's {e}") from None
         if not isinstance(self.defaults.timesteps, (dict, type(None))):
             raise WeightsError(f"model_index.json's timesteps must map step counts to lists, "
                                f"got {self.defaults.timesteps!r}")
@@ -136,6 +146,16 @@ class DigitPipeline:
         except InvalidParameter as e:
             raise WeightsError(f"model_index.json's sampling default is invalid: {e}") from None
         self._check_timesteps()
+
+    def set_eta(self, eta: float) -> None:
+        """The tcd sampler's eta, for every step from now on."""
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+        self.step_options["tcd"] = {"eta": float(eta)}
+
+    def tuned_step_options(self, name: str) -> dict:
+        """The model's own step() arguments for sampler `name` (tcd: eta), for reports."""
+        return dict(self.step_options["tcd"]) if name == "tcd" else {}
 
     def _check_timesteps(self) -> None:
         """Each tuned schedule must be one the default scheduler takes, of its key's length."""
@@ -183,10 +203,11 @@ class DigitPipeline:
 
     # -- trajectories --------------------------------------------------------
     def _scheduler(self, name: str):
-        """A fresh scheduler: the model's own sampler takes its whole saved
-        config, a sibling only the noise schedule."""
-        own = SCHEDULER_CLASSES[name]._class_name == self.scheduler_class
-        return make_scheduler(name, **(self.scheduler_config if own else _shared(self.scheduler_config)))
+        """A fresh scheduler: the model's own sampler, or a sibling with the
+        same config keys (LCM and TCD), takes the whole saved config; any
+        other sibling only the noise schedule."""
+        same_keys = SCHEDULER_CLASSES[name]._fields.keys() == self.scheduler_config_keys
+        return make_scheduler(name, **(self.scheduler_config if same_keys else _shared(self.scheduler_config)))
 
     def resolve(self, label: int, steps: int | None = None, scheduler: str | None = None,
                 guidance_scale: float | None = None, timesteps=None) -> Sampling:
@@ -267,7 +288,7 @@ class DigitPipeline:
             row += tr.sampling.unet_rows
             t = tr.timestep
             res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator,
-                                    **STEP_OPTIONS.get(tr.sampling.scheduler, {}))
+                                    **self.step_options.get(tr.sampling.scheduler, {}))
             tr.sample = res.prev_sample.astype(np.float32, copy=False)
             tr.index += 1
             tr.latest = StepResult(tr.index, tr.steps, t, tr.sample[0], res.pred_original_sample[0])

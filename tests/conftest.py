@@ -29,19 +29,19 @@ TINY_UNET = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channe
 TINY_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"}
 
 
-TINY_FAST_SCHEDULER = {"_class_name": "LCMScheduler", **TINY_SCHEDULER, "original_inference_steps": 50,
+TINY_FAST_SCHEDULER = {"_class_name": "TCDScheduler", **TINY_SCHEDULER, "original_inference_steps": 50,
                        "clip_sample": True}
 
 
 def make_tiny_weights(folder: Path, fast: bool = True) -> Path:
     """A tiny base model, and beside it in fast/ a tiny stand-in for the
-    distilled model (random weights, but its real scheduler: LCM)."""
+    distilled model (random weights, but its real scheduler: TCD)."""
     DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0)), TINY_SCHEDULER,
                   SamplingDefaults()).save_pretrained(folder)
     if fast:
         DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(1)), TINY_FAST_SCHEDULER,
-                      SamplingDefaults(scheduler="lcm", num_inference_steps=4, guidance_scale=1.0,
-                                       distilled_guidance_scale=1.5)
+                      SamplingDefaults(scheduler="tcd", num_inference_steps=4, guidance_scale=1.0,
+                                       distilled_guidance_scale=1.5, eta=0.3)
                       ).save_pretrained(folder / "fast")
     return folder
 

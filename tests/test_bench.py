@@ -43,7 +43,7 @@ def test_service_bench_smoke_measures_both_models(tiny_weights, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(out.read_text())
     assert {(r["model"], r["clients"]) for r in info["rows"]} == {(m, c) for m in ("base", "fast") for c in (1, 4, 16)}
-    assert info["models"]["fast"]["scheduler"] == "lcm" and info["models"]["base"]["steps"] == 20
+    assert info["models"]["fast"]["scheduler"] == "tcd" and info["models"]["base"]["steps"] == 20
     assert {"fast / base: one digit's p50 at 1 client", "fast / base: digits/s at 16 clients"} <= {
         r["metric"] for r in info["ratios"]}
 

@@ -1,7 +1,7 @@
 """The consistency distiller on a tiny teacher: its teacher step is the
 (parity-tested) DDIM step, the loss's gradients match finite differences
 through the whole student, a resumed run ends with exactly the weights of an
-uninterrupted one, and the exported student samples with LCM only."""
+uninterrupted one, and the exported student samples with TCD (LCM beside it) only."""
 from __future__ import annotations
 
 import json
@@ -124,17 +124,19 @@ def test_student_is_a_consistency_model_that_samples_in_few_steps(setup, tmp_pat
     assert main(args(setup, tmp_path / "run", "--steps", "2", "--sample-seeds", "1")) == 0
     folder = tmp_path / "run" / "pipeline"
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    assert sched["_class_name"] == "LCMScheduler" and sched["beta_schedule"] == "linear"
+    assert sched["_class_name"] == "TCDScheduler" and sched["beta_schedule"] == "linear"
     pipe = DigitPipeline.from_pretrained(folder)
-    assert pipe.samplers == ("lcm",)
-    assert (pipe.defaults.scheduler, pipe.defaults.guidance_scale) == ("lcm", 1.0)
+    assert pipe.samplers == ("tcd", "lcm")
+    assert (pipe.defaults.scheduler, pipe.defaults.guidance_scale) == ("tcd", 1.0)
     for steps in (1, 2, 4, 8):
         images = pipe.generate([3, 4], [0, 1], steps=steps)
         assert images.shape == (2, 1, 28, 28) and np.all(np.abs(images) <= 1)
     with pytest.raises(ValueError, match="scheduler must be one of"):
         pipe.trajectory(3, 0, scheduler="dpm")
-    with pytest.raises(InvalidParameter, match="steps must be an integer 1-50 with scheduler lcm"):
+    with pytest.raises(InvalidParameter, match="steps must be an integer 1-50 with scheduler tcd"):
         pipe.trajectory(3, 0, steps=51)
+    images = pipe.generate([3, 4], [0, 1], steps=4, scheduler="lcm")   # the sibling sampler, same grid
+    assert images.shape == (2, 1, 28, 28) and np.all(np.abs(images) <= 1)
     assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
 
 

@@ -142,10 +142,10 @@ def setup(tmp_path_factory):
     unet = UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0))
     DigitPipeline(unet, {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"},
                   SamplingDefaults(num_inference_steps=3)).save_pretrained(d / "pipe")
-    DigitPipeline(unet, {"_class_name": "LCMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+    DigitPipeline(unet, {"_class_name": "TCDScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
                          "prediction_type": "epsilon", "clip_sample": True},
-                  SamplingDefaults(scheduler="lcm", num_inference_steps=2, guidance_scale=1.0,
-                                   timesteps={"2": [999, 299]})).save_pretrained(d / "student")
+                  SamplingDefaults(scheduler="tcd", num_inference_steps=2, guidance_scale=1.0,
+                                   timesteps={"2": [999, 299]}, eta=0.3)).save_pretrained(d / "student")
     clf = DigitClassifier(ClassifierConfig(channels=(4, 8, 8, 4), feature_dim=16, norm_num_groups=2),
                           rng=np.random.default_rng(1))
     save_classifier(clf, d / "cls", {"training": {"train_images": 250}, "metrics": {"test": {"accuracy": 0.5}}})
@@ -232,6 +232,24 @@ def test_a_students_tuned_schedule_is_used_and_reported_and_can_be_overridden(se
     assert "not on the distillation grid" in capsys.readouterr().err
     assert main([*base, "--timesteps", "999,299", "--steps", "3"]) == 2
     assert "2 timesteps given for 3 steps" in capsys.readouterr().err
+
+
+def test_a_students_eta_is_reported_and_can_be_overridden(setup, tmp_path, capsys):
+    d = setup
+    base = ["--weights", str(d / "student"), "--classifier", str(d / "cls"), "--data", str(d / "mnist.npz"),
+            "--per-class", "2", "--nn-pool", "100", "--quiet"]
+    reports = {}
+    for name, extra in {"own": [], "same": ["--eta", "0.3"], "ddim": ["--eta", "0"],
+                        "lcm": ["--scheduler", "lcm"]}.items():
+        assert main([*base, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        reports[name].pop("timing")
+    assert reports["own"]["sampler"]["eta"] == 0.3 and reports["own"] == reports["same"]
+    assert reports["ddim"]["sampler"]["eta"] == 0.0 and reports["ddim"]["frechet"] != reports["own"]["frechet"]
+    assert "eta" not in reports["lcm"]["sampler"] and reports["lcm"]["sampler"]["timesteps"] == "evenly spaced"
+    assert "tcd, 2 steps [999, 299], eta 0.3," in capsys.readouterr().out
+    assert main([*base, "--eta", "1.5"]) == 2
+    assert "eta must be a number in [0, 1]" in capsys.readouterr().err
 
 
 def test_several_seeds_give_one_report_each_and_their_mean(setup, tmp_path, capsys):

@@ -16,8 +16,9 @@ def test_info_lists_both_models_with_their_own_defaults_and_limits(client):
     info = client.get("/info").json()
     assert info["default_model"] == "base" and set(info["models"]) == {"base", "fast"}
     fast, base = info["models"]["fast"], info["models"]["base"]
-    assert fast["schedulers"] == ["lcm"] and fast["limits"]["max_steps"] == {"lcm": 50}
-    assert fast["defaults"]["scheduler"] == "lcm" and fast["defaults"]["num_inference_steps"] == 4
+    assert fast["schedulers"] == ["tcd", "lcm"] and fast["limits"]["max_steps"] == {"tcd": 50, "lcm": 50}
+    assert fast["defaults"]["scheduler"] == "tcd" and fast["defaults"]["num_inference_steps"] == 4
+    assert fast["defaults"]["eta"] == 0.3
     assert base["schedulers"] == ["ddpm", "ddim", "dpm"] and base["limits"]["max_steps"]["dpm"] == 999
     assert info["defaults"] == base["defaults"]  # the top level describes the default model
     assert "/" not in str(info["model"])  # no filesystem paths in responses
@@ -26,15 +27,17 @@ def test_info_lists_both_models_with_their_own_defaults_and_limits(client):
 def test_fast_model_generates_with_its_defaults(client):
     r = client.post("/generate", params={"label": 3, "model": "fast", "seed": 5})
     assert r.status_code == 200, r.text
-    assert (r.headers["x-model"], r.headers["x-scheduler"], r.headers["x-steps"]) == ("fast", "lcm", "4")
+    assert (r.headers["x-model"], r.headers["x-scheduler"], r.headers["x-steps"]) == ("fast", "tcd", "4")
     again = client.post("/generate", json={"label": 3, "model": "fast", "seed": 5})
     assert again.content == r.content
+    lcm = client.post("/generate", params={"label": 3, "model": "fast", "seed": 5, "scheduler": "lcm"})
+    assert lcm.status_code == 200 and lcm.headers["x-scheduler"] == "lcm" and lcm.content != r.content
     base = client.post("/generate", params={"label": 3, "seed": 5, "steps": 4})
     assert base.headers["x-model"] == "base" and base.content != r.content
 
 
 @pytest.mark.parametrize("params, field, words", [
-    ({"label": 1, "model": "fast", "scheduler": "dpm"}, "scheduler", "lcm"),
+    ({"label": 1, "model": "fast", "scheduler": "dpm"}, "scheduler", "tcd, lcm"),
     ({"label": 1, "model": "fast", "steps": 51}, "steps", "1-50"),
     ({"label": 1, "model": "base", "scheduler": "lcm"}, "scheduler", "ddpm, ddim, dpm"),
     ({"label": 1, "model": "turbo"}, "model", "base, fast"),
@@ -51,7 +54,7 @@ def test_fast_stream_and_gif(client):
     with client.stream("GET", "/generate/stream", params={"label": 4, "model": "fast", "seed": 2}) as r:
         events = list(sse_events(r.iter_lines()))
     assert [e for e, _, _ in events] == ["start", "step", "step", "step", "step", "done"]
-    assert events[-1][2]["model"] == "fast" and events[-1][2]["scheduler"] == "lcm"
+    assert events[-1][2]["model"] == "fast" and events[-1][2]["scheduler"] == "tcd"
     gif = client.get("/generate.gif", params={"label": 4, "model": "fast", "seed": 2})
     assert gif.status_code == 200 and gif.headers["x-model"] == "fast"
 
@@ -99,6 +102,6 @@ def test_fast_is_the_default_when_it_is_there(tiny_weights, tmp_path):
     try:
         assert httpx.get(srv.url + "/info").json()["default_model"] == "fast"
         r = httpx.post(srv.url + "/generate", params={"label": 1, "steps": 2})
-        assert r.headers["x-model"] == "fast" and r.headers["x-scheduler"] == "lcm"
+        assert r.headers["x-model"] == "fast" and r.headers["x-scheduler"] == "tcd"
     finally:
         srv.stop()

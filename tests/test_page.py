@@ -88,7 +88,7 @@ def test_model_toggle_switches_defaults_and_limits_and_runs_the_fast_model(brows
 
     page.select_option("#model", "fast")
     assert page.input_value("#steps") == "4" and page.get_attribute("#steps", "max") == "50"
-    assert page.eval_on_selector_all("#scheduler option", "os => os.map(o => o.value)") == ["lcm"]
+    assert page.eval_on_selector_all("#scheduler option", "os => os.map(o => o.value)") == ["tcd", "lcm"]
     assert page.is_disabled("#guidance") and "built in" in page.inner_text("#guidance-out")
     page.click("#digits button[data-digit='3']")
     page.fill("#seed", "77")
@@ -96,7 +96,7 @@ def test_model_toggle_switches_defaults_and_limits_and_runs_the_fast_model(brows
     page.wait_for_function("() => document.body.dataset.state === 'done'", timeout=30000)
     assert page.eval_on_selector("#viewer", "v => Number(v.dataset.frames)") == 4
     meta = page.inner_text("#result-meta")
-    assert "fast model" in meta and "lcm, 4 steps" in meta and "seed 77" in meta
+    assert "fast model" in meta and "tcd, 4 steps" in meta and "seed 77" in meta
     assert "model=fast" in page.get_attribute("#dl-gif", "href")
 
     page.select_option("#model", "base")  # and back: base's defaults again

@@ -153,6 +153,37 @@ def test_bad_tuned_timesteps_fail_at_load(bad, why):
         _student(bad)
 
 
+TCD = {**LCM, "_class_name": "TCDScheduler"}
+
+
+def _tcd_student(**defaults) -> DigitPipeline:
+    return DigitPipeline(UNet2DModel(**TINY, rng=np.random.default_rng(0)), TCD,
+                         SamplingDefaults(scheduler="tcd", num_inference_steps=3, guidance_scale=1.0, **defaults))
+
+
+def test_a_tcd_student_steps_with_its_own_eta_and_keeps_lcm_beside_it(tmp_path):
+    tuned, default = _tcd_student(eta=0.6), _tcd_student()
+    assert tuned.samplers == ("tcd", "lcm") and tuned.tuned_step_options("tcd") == {"eta": 0.6}
+    assert default.tuned_step_options("tcd") == {"eta": 0.3}   # diffusers' default
+    # eta changes the image; a round trip through model_index.json keeps it
+    image = tuned.generate([1], [5])
+    assert not np.array_equal(image, default.generate([1], [5]))
+    tuned.save_pretrained(tmp_path / "w")
+    loaded = DigitPipeline.from_pretrained(tmp_path / "w")
+    assert loaded.defaults.eta == 0.6
+    np.testing.assert_array_equal(loaded.generate([1], [5]), image)
+    # the lcm sibling takes the whole saved config (clip_sample=True), not just the noise schedule
+    lcm = tuned.trajectory(1, 5, scheduler="lcm").scheduler
+    assert lcm.config["clip_sample"] is True and lcm.config["original_inference_steps"] == 50
+    np.testing.assert_array_equal(tuned.generate([1], [5], scheduler="lcm"), _student(None).generate([1], [5], steps=3))
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5, "0.3", True])
+def test_a_bad_eta_in_model_index_fails_at_load(eta):
+    with pytest.raises(WeightsError, match="eta must be a number in"):
+        _tcd_student(eta=eta)
+
+
 def test_a_scheduler_without_hand_picked_timesteps_refuses_them(pipe):
     with pytest.raises(WeightsError, match="takes no hand-picked timesteps"):
         DigitPipeline(pipe.unet, SCHED, SamplingDefaults(timesteps={"20": list(range(999, 0, -50))}))

@@ -4,11 +4,13 @@ compare their outputs (needs torch + diffusers, see README).
     /path/to/refvenv/bin/python tools/check_diffusers_load.py [weights/unet | weights/fast]
 
 A UNet folder: the UNet's outputs on four inputs. A pipeline folder (unet/ +
-scheduler/): the same, and for a consistency model (LCMScheduler) whole
-seeded samples at 1, 2 and 4 steps, its default and every tuned step count,
-diffusers' UNet2DModel + LCMScheduler against DigitPipeline, fed the same
-noise (with the model's tuned timesteps from model_index.json where it has
-them for that step count, as `set_timesteps(timesteps=...)`).
+scheduler/): the same, and for a consistency model (LCMScheduler or
+TCDScheduler) whole seeded samples at 1, 2 and 4 steps, its default and every
+tuned step count, diffusers' UNet2DModel + that scheduler against
+DigitPipeline, fed the same noise (with the model's tuned timesteps from
+model_index.json where it has them for that step count, as
+`set_timesteps(timesteps=...)`, and for TCD the model's eta, as
+`step(..., eta=...)`).
 """
 import json
 import sys
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import diffusers.schedulers.scheduling_lcm as lcm_module
-from diffusers import LCMScheduler
+import diffusers.schedulers.scheduling_tcd as tcd_module
+from diffusers import LCMScheduler, TCDScheduler
 from diffusers import UNet2DModel as DiffusersUNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,10 +44,15 @@ def compare_unet(folder: Path) -> bool:
     return diff < 1e-4 * max(1.0, float(np.abs(ref).max()))
 
 
-def compare_lcm_sampling(folder: Path) -> bool:
+CONSISTENCY = {"LCMScheduler": (LCMScheduler, lcm_module), "TCDScheduler": (TCDScheduler, tcd_module)}
+
+
+def compare_consistency_sampling(folder: Path, class_name: str) -> bool:
     pipe = DigitPipeline.from_pretrained(folder)
     unet = DiffusersUNet.from_pretrained(folder / "unet").eval()
-    sched = LCMScheduler.from_pretrained(folder / "scheduler")
+    cls, module = CONSISTENCY[class_name]
+    sched = cls.from_pretrained(folder / "scheduler")
+    step_kwargs = pipe.tuned_step_options(pipe.defaults.scheduler)   # TCD: the model's eta
     ok = True
     for steps in sorted({1, 2, 4, pipe.defaults.num_inference_steps, *map(int, pipe.defaults.timesteps or {})}):
         label, seed = 7, 11
@@ -53,17 +61,18 @@ def compare_lcm_sampling(folder: Path) -> bool:
         gen = np.random.default_rng(seed)
         x = gen.standard_normal((1, 1, 28, 28), dtype=np.float32)
         noises = [gen.standard_normal((1, 1, 28, 28), dtype=np.float32) for _ in range(steps - 1)]
-        lcm_module.randn_tensor = lambda shape, **kw: torch.from_numpy(noises.pop(0))
+        module.randn_tensor = lambda shape, **kw: torch.from_numpy(noises.pop(0))
         tuned = pipe.resolve(label, steps).timesteps
         sched.set_timesteps(steps) if tuned is None else sched.set_timesteps(timesteps=list(tuned))
         sample = torch.from_numpy(x)
         with torch.no_grad():
             for t in sched.timesteps:
                 eps = unet(sample, t.reshape(1), class_labels=torch.tensor([label])).sample
-                sample = sched.step(eps, t, sample).prev_sample
+                sample = sched.step(eps, t, sample, **step_kwargs).prev_sample
         theirs = np.clip(sample.numpy()[0], -1, 1)
         diff = float(np.abs(ours - theirs).max())
-        print(f"{folder}: {steps}-step LCM sample {sched.timesteps.tolist()}, max |numpy - diffusers| = {diff:.2e}")
+        print(f"{folder}: {steps}-step {class_name} sample {sched.timesteps.tolist()} {step_kwargs or ''}, "
+              f"max |numpy - diffusers| = {diff:.2e}")
         # one step ends at x0_hat from t=999, which scales the UNet's ~2e-6 by 1/sqrt(abar) ~ 150
         ok &= diff < (1e-3 if steps == 1 else 1e-4)
     return ok
@@ -76,8 +85,8 @@ def main() -> int:
         return 0 if compare_unet(folder) else 1
     ok = compare_unet(folder / "unet")
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    if sched.get("_class_name") == "LCMScheduler":
-        ok &= compare_lcm_sampling(folder)
+    if sched.get("_class_name") in CONSISTENCY:
+        ok &= compare_consistency_sampling(folder, sched["_class_name"])
     return 0 if ok else 1
 
 

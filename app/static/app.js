@@ -21,7 +21,7 @@ let recorded = [];   // the frames of the current run: {step, total, timestep, x
 let player = null;   // the replay timer
 const MODEL_NAMES = {fast: "Fast: distilled, a few steps", base: "Base: diffusion model"};
 const SCHEDULER_NAMES = {dpm: "DPM-Solver++ (fast)", ddim: "DDIM (deterministic)", ddpm: "DDPM (stochastic)",
-                         lcm: "LCM (consistency)"};
+                         tcd: "TCD (consistency, keeps some of its noise)", lcm: "LCM (consistency, fresh noise)"};
 
 function setState(state, text) {
   document.body.dataset.state = state;

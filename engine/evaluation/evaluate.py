@@ -242,6 +242,7 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
         "n": N,
         "per_class": per_class,
         "sampler": {**sampling, "timesteps": list(chosen.timesteps or ()) or "evenly spaced",
+                    **pipe.tuned_step_options(chosen.scheduler),
                     "seed": seed, "seeds": f"{seed}..{seed + N - 1}, class-major"},
         "generated": {**gen_scores, "confusion": confusion.tolist()},
         "real_test": _scores(ref_probs, ref_labels),
@@ -291,7 +292,8 @@ def format_report(r: dict) -> str:
     div = r["diversity"]
     lines = [
         f"digitgen evaluation: {r['n']} digits ({r['per_class']} per class); {s['scheduler']}, {s['steps']} steps"
-        f"{' ' + str(s['timesteps']) if isinstance(s.get('timesteps'), list) else ''}, "
+        f"{' ' + str(s['timesteps']) if isinstance(s.get('timesteps'), list) else ''}"
+        f"{', eta ' + format(s['eta'], 'g') if 'eta' in s else ''}, "
         f"guidance {s['guidance_scale']:g}, seeds {s['seeds']}",
         f"pipeline {r.get('pipeline', '?')}; classifier {r.get('classifier', '?')}"
         + (f" (test accuracy {r['classifier_test_accuracy']:.4f})" if r.get("classifier_test_accuracy") else ""),
@@ -376,8 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="default: the pipeline's")
     p.add_argument("--scheduler", choices=sorted(SCHEDULER_NAMES), help="default: the pipeline's")
     p.add_argument("--guidance-scale", type=float, help="default: the pipeline's")
-    p.add_argument("--timesteps", type=_int_list, help="a hand-picked schedule, e.g. 999,639,299,99 (LCM only; "
-                                                      "default: the pipeline's for that step count, else even)")
+    p.add_argument("--timesteps", type=_int_list, help="a hand-picked schedule, e.g. 999,639,299,99 (lcm and tcd "
+                                                      "only; default: the pipeline's for that step count, else even)")
+    p.add_argument("--eta", type=float, help="tcd's eta in [0, 1]: 0 deterministic, 1 fresh noise only at each jump "
+                                             "(default: the pipeline's, else 0.3)")
     p.add_argument("--seed", type=_int_list, default=[0],
                    help="digit i uses seed SEED + i; also picks the real samples. Several, comma-separated "
                         "(e.g. 0,1000,2000,3000): one evaluation each and their mean, since one 1,000-digit "
@@ -410,6 +414,8 @@ def main(argv=None) -> int:
     reports = []
     try:
         pipe = DigitPipeline.from_pretrained(args.weights)
+        if args.eta is not None:
+            pipe.set_eta(args.eta)
         classifier, info = load_classifier(args.classifier)
         for seed in args.seed:
             report = evaluate(pipe, classifier, args.data, per_class=args.per_class, steps=args.steps,

@@ -28,9 +28,12 @@ SCHEDULERS = {
     "tcd": TCDScheduler,
 }
 # The samplers a model can use, by the scheduler class its folder was saved
-# with: a diffusion model any of the three, a consistency model only its own.
-SAMPLERS_FOR = {"DDPMScheduler": ("ddpm", "ddim", "dpm"), "DDIMScheduler": ("ddpm", "ddim", "dpm"),
-                "DPMSolverMultistepScheduler": ("ddpm", "ddim", "dpm"), "LCMScheduler": ("lcm",)}
+# with (its own first): a diffusion model any of the three, a consistency
+# model the two that step on its distillation grid.
+DIFFUSION = ("ddpm", "ddim", "dpm")
+SAMPLERS_FOR = {"DDPMScheduler": DIFFUSION, "DDIMScheduler": DIFFUSION, "DPMSolverMultistepScheduler": DIFFUSION,
+                "LCMScheduler": ("lcm", "tcd"), "TCDScheduler": ("tcd", "lcm")}
+CONSISTENCY_CLASSES = frozenset({"LCMScheduler", "TCDScheduler"})  # a folder saved with these holds a student
 # step() arguments every sampling run passes, by sampler. DDIM clips x̂0 to
 # [-1, 1] (clip_sample, diffusers' default) but by default keeps stepping
 # with the unclipped noise estimate; at high noise levels an epsilon model's
@@ -54,5 +57,5 @@ def make_scheduler(name: str, **config: Any):
 __all__ = [
     "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "SchedulerOutput",
     "TCDScheduler", "DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "SchedulerConfig", "TCDConfig",
-    "SAMPLERS_FOR", "SCHEDULERS", "STEP_OPTIONS", "make_scheduler",
+    "CONSISTENCY_CLASSES", "SAMPLERS_FOR", "SCHEDULERS", "STEP_OPTIONS", "make_scheduler",
 ]

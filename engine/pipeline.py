@@ -213,7 +213,7 @@ class DigitPipeline:
                 guidance_scale: float | None = None, timesteps=None) -> Sampling:
         """The one place sampling parameters meet the model: defaults filled
         in, then label, sampler, step count and guidance checked against it.
-        `timesteps`, a hand-picked schedule (LCM only), sets the step count.
+        `timesteps`, a hand-picked schedule (lcm and tcd only), sets the step count.
         Raises InvalidParameter naming the field."""
         d = self.defaults
         name = d.scheduler if scheduler is None else scheduler

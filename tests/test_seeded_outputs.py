@@ -37,10 +37,12 @@ CASES = {
     "json": ({"label": 6, "seed": 99, "n": 2, "steps": 5, "format": "json"}, None),
     "body": ({}, {"label": 1, "seed": 11, "steps": 7, "scheduler": "ddim", "guidance_scale": 2.0}),
     # the fast model (weights/fast), recorded when it shipped; re-recorded, deliberately, when its 4- and
-    # 2-step schedules became the tuned ones (model_index.json's timesteps) and again ("fast") when its
-    # default became 3 steps
+    # 2-step schedules became the tuned ones (model_index.json's timesteps), again ("fast") when its
+    # default became 3 steps, and again (both) when its sampler became TCD (2026-12-01, the LCM one
+    # recorded beside them)
     "fast": ({"label": 5, "seed": 42, "model": "fast"}, None),
     "fast-grid": ({"label": 7, "seed": 3, "model": "fast", "steps": 2, "n": 2, "size": 56}, None),
+    "fast-lcm": ({"label": 5, "seed": 42, "model": "fast", "scheduler": "lcm"}, None),
 }
 RECORDED = Path(__file__).parent / "fixtures" / "seeded_sha256.json"
 RECORDED_PNGS = Path(__file__).parent / "fixtures" / "seeded"

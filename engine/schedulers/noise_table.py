@@ -1,5 +1,5 @@
 """The discrete noise table and what follows from it, shared by DDPM, DDIM
-and LCM: schedule set-up, timestep spacing, add_noise / get_velocity."""
+and LCM (and TCD, its subclass): schedule set-up, timestep spacing, add_noise / get_velocity."""
 from __future__ import annotations
 
 import numpy as np

@@ -158,6 +158,20 @@ def as_f32(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+def x0_and_eps(prediction_type: str, model_output: np.ndarray, sample: np.ndarray,
+               alpha_prod_t: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """The model's estimates of x0 and of the noise, whatever it predicts
+    (formula 12 of the DDIM paper), in diffusers' order of operations."""
+    beta_prod_t = f32(1.0) - alpha_prod_t
+    if prediction_type == "epsilon":
+        return (sample - np.sqrt(beta_prod_t) * model_output) / np.sqrt(alpha_prod_t), model_output
+    if prediction_type == "v_prediction":
+        return (np.sqrt(alpha_prod_t) * sample - np.sqrt(beta_prod_t) * model_output,
+                np.sqrt(alpha_prod_t) * model_output + np.sqrt(beta_prod_t) * sample)
+    x0 = model_output.copy()  # "sample"
+    return x0, (sample - np.sqrt(alpha_prod_t) * x0) / np.sqrt(beta_prod_t)
+
+
 def per_sample(coef: np.ndarray, ndim: int) -> np.ndarray:
     """(B,) coefficients shaped to broadcast over (B, ...)."""
     return coef.reshape(coef.shape + (1,) * max(ndim - 1, 0))

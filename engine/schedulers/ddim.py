@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32
+from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32, x0_and_eps
 from .config import ConfigMixin, SchedulerConfig, check_bool, check_float
 from .noise_table import NoiseTableMixin
 
@@ -65,17 +65,7 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin, config=DDIMConfig):
         alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         beta_prod_t = one - alpha_prod_t
 
-        # x0 and epsilon from the model output (formula 12 of the DDIM paper)
-        pt = cfg.prediction_type
-        if pt == "epsilon":
-            x0 = (sample - np.sqrt(beta_prod_t) * model_output) / np.sqrt(alpha_prod_t)
-            eps = model_output
-        elif pt == "v_prediction":
-            x0 = np.sqrt(alpha_prod_t) * sample - np.sqrt(beta_prod_t) * model_output
-            eps = np.sqrt(alpha_prod_t) * model_output + np.sqrt(beta_prod_t) * sample
-        else:  # sample
-            x0 = model_output.copy()
-            eps = (sample - np.sqrt(alpha_prod_t) * x0) / np.sqrt(beta_prod_t)
+        x0, eps = x0_and_eps(cfg.prediction_type, model_output, sample, alpha_prod_t)
         if cfg.clip_sample:
             r = f32(cfg.clip_sample_range)
             x0 = np.clip(x0, -r, r)

@@ -116,15 +116,23 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
         self.timesteps = origin[indices].copy()
         self._step_index = None
 
-    def _locate(self, t: int) -> int:
-        """The index of this step: like diffusers, the first step finds
-        itself in the schedule, later steps follow on."""
+    def _step_inputs(self, model_output, timestep, sample) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """step()'s arguments checked: (model_output, sample) as float32, the
+        timestep, and this step's index (like diffusers, the first step finds
+        itself in the schedule, later steps follow on)."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps() before step()")
+        model_output = as_f32(model_output, "model_output")
+        sample = as_f32(sample, "sample")
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
+        t = as_timestep(timestep, self.settings.num_train_timesteps)
         if self._step_index is None:
             (where,) = np.nonzero(self.timesteps == t)
             if where.size == 0:
                 raise ValueError(f"timestep {t} is not in this scheduler's timesteps {self.timesteps.tolist()}")
             self._step_index = int(where[0])
-        return self._step_index
+        return model_output, sample, t, self._step_index
 
     def step(self, model_output, timestep, sample, generator: np.random.Generator | None = None,
              variance_noise: np.ndarray | None = None) -> SchedulerOutput:
@@ -132,14 +140,7 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
         `denoised`, then (except after the last step) re-noised to the next
         timestep. Returns (prev_sample, denoised)."""
         cfg = self.settings
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps() before step()")
-        model_output = as_f32(model_output, "model_output")
-        sample = as_f32(sample, "sample")
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
-        t = as_timestep(timestep, cfg.num_train_timesteps)
-        i = self._locate(t)
+        model_output, sample, t, i = self._step_inputs(model_output, timestep, sample)
         last = i == self.num_inference_steps - 1
         prev_t = t if last else int(self.timesteps[i + 1])
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32
+from .common import SchedulerOutput, draw_noise, f32, x0_and_eps
 from .lcm import LCMConfig, LCMScheduler
 
 
@@ -44,39 +44,20 @@ class TCDScheduler(LCMScheduler, config=TCDConfig):
         to s, then fresh noise from s up to the next timestep (none after
         the last step, or with eta = 0). Returns (prev_sample, x0_hat);
         diffusers returns x_s as its second output instead."""
-        cfg = self.settings
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps() before step()")
         eta = float(eta)
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        model_output = as_f32(model_output, "model_output")
-        sample = as_f32(sample, "sample")
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
-        t = as_timestep(timestep, cfg.num_train_timesteps)
-        i = self._locate(t)
+        model_output, sample, t, i = self._step_inputs(model_output, timestep, sample)
         last = i == self.num_inference_steps - 1
         next_t = 0 if last else int(self.timesteps[i + 1])   # diffusers: timestep 0 after the last step
         s = int(np.floor((1 - eta) * next_t))
 
         one = f32(1.0)
-        alpha_prod_t = self.alphas_cumprod[t]
-        beta_prod_t = one - alpha_prod_t
         alpha_prod_next = self.alphas_cumprod[next_t]
         alpha_prod_s = self.alphas_cumprod[s]
         beta_prod_s = one - alpha_prod_s
 
-        pt = cfg.prediction_type
-        if pt == "epsilon":
-            x0 = (sample - np.sqrt(beta_prod_t) * model_output) / np.sqrt(alpha_prod_t)
-            eps = model_output
-        elif pt == "sample":
-            x0 = model_output
-            eps = (sample - np.sqrt(alpha_prod_t) * x0) / np.sqrt(beta_prod_t)
-        else:  # v_prediction
-            x0 = np.sqrt(alpha_prod_t) * sample - np.sqrt(beta_prod_t) * model_output
-            eps = np.sqrt(alpha_prod_t) * model_output + np.sqrt(beta_prod_t) * sample
+        x0, eps = x0_and_eps(self.settings.prediction_type, model_output, sample, self.alphas_cumprod[t])
         x_s = np.sqrt(alpha_prod_s) * x0 + np.sqrt(beta_prod_s) * eps
         if eta > 0 and not last:
             keep = alpha_prod_next / alpha_prod_s   # float32, like diffusers' tensor division

@@ -290,6 +290,9 @@ def main() -> None:
     rec.case("tcd", "linear", 4, "sample", prediction_type="sample")
     rec.case("tcd", "linear", 4, "alpha1false", set_alpha_to_one=False)
     rec.case("tcd", "squaredcos_cap_v2", 4, "student", **student)
+    # a next timestep (90) where (1 - eta) * t_next floors differently in float64 than in torch's float32
+    rec.case("tcd", "linear", 2, "T910-eta0.3", custom=[181, 90], step_kwargs={"eta": 0.3},
+             num_train_timesteps=910, original_inference_steps=10)
     for sched in SCHEDULES:
         rec.add_noise("tcd", sched)
     rec.put("tcd/default/config_json", text(TCDScheduler().to_json_string()))

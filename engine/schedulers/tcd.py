@@ -50,7 +50,7 @@ class TCDScheduler(LCMScheduler, config=TCDConfig):
         model_output, sample, t, i = self._step_inputs(model_output, timestep, sample)
         last = i == self.num_inference_steps - 1
         next_t = 0 if last else int(self.timesteps[i + 1])   # diffusers: timestep 0 after the last step
-        s = int(np.floor((1 - eta) * next_t))
+        s = int(np.floor(f32(1 - eta) * f32(next_t)))   # in float32, as torch computes it (float64 can floor lower)
 
         one = f32(1.0)
         alpha_prod_next = self.alphas_cumprod[next_t]

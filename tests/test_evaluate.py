@@ -212,16 +212,22 @@ def test_clear_errors(setup, tmp_path, capsys):
     assert "too few" in capsys.readouterr().err
 
 
-def test_a_students_tuned_schedule_is_used_and_reported_and_can_be_overridden(setup, tmp_path, capsys):
-    d = setup
+def student_reports(d, tmp_path, variants: dict[str, list[str]]) -> tuple[list[str], dict[str, dict]]:
+    """The student's arguments, and its report (less timing) for each named variant of them."""
     base = ["--weights", str(d / "student"), "--classifier", str(d / "cls"), "--data", str(d / "mnist.npz"),
             "--per-class", "2", "--nn-pool", "100", "--quiet"]
     reports = {}
-    for name, extra in {"tuned": [], "same": ["--timesteps", "999,299"], "other": ["--timesteps", "999,499"],
-                        "three": ["--timesteps", "999,499,99"]}.items():
+    for name, extra in variants.items():
         assert main([*base, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
         reports[name].pop("timing")
+    return base, reports
+
+
+def test_a_students_tuned_schedule_is_used_and_reported_and_can_be_overridden(setup, tmp_path, capsys):
+    base, reports = student_reports(setup, tmp_path, {
+        "tuned": [], "same": ["--timesteps", "999,299"], "other": ["--timesteps", "999,499"],
+        "three": ["--timesteps", "999,499,99"]})
     assert reports["tuned"]["sampler"]["timesteps"] == [999, 299]
     assert reports["tuned"] == reports["same"]
     assert reports["other"]["sampler"]["timesteps"] == [999, 499]
@@ -235,15 +241,8 @@ def test_a_students_tuned_schedule_is_used_and_reported_and_can_be_overridden(se
 
 
 def test_a_students_eta_is_reported_and_can_be_overridden(setup, tmp_path, capsys):
-    d = setup
-    base = ["--weights", str(d / "student"), "--classifier", str(d / "cls"), "--data", str(d / "mnist.npz"),
-            "--per-class", "2", "--nn-pool", "100", "--quiet"]
-    reports = {}
-    for name, extra in {"own": [], "same": ["--eta", "0.3"], "ddim": ["--eta", "0"],
-                        "lcm": ["--scheduler", "lcm"]}.items():
-        assert main([*base, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
-        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
-        reports[name].pop("timing")
+    base, reports = student_reports(setup, tmp_path, {
+        "own": [], "same": ["--eta", "0.3"], "ddim": ["--eta", "0"], "lcm": ["--scheduler", "lcm"]})
     assert reports["own"]["sampler"]["eta"] == 0.3 and reports["own"] == reports["same"]
     assert reports["ddim"]["sampler"]["eta"] == 0.0 and reports["ddim"]["frechet"] != reports["own"]["frechet"]
     assert "eta" not in reports["lcm"]["sampler"] and reports["lcm"]["sampler"]["timesteps"] == "evenly spaced"

@@ -21,13 +21,17 @@ import numpy as np
 from .io import WeightsError, read_json
 from .models.runner import InferenceRunner
 from .models.unet_2d import UNet2DModel
-from .schedulers import SAMPLERS_FOR, STEP_OPTIONS, TCDScheduler, make_scheduler
+from .schedulers import ETA_SAMPLERS, SAMPLERS_FOR, STEP_OPTIONS, SchedulerConfig, check_eta
 from .schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
 SCHEDULERS = SAMPLERS_FOR["DDPMScheduler"]  # the samplers of a diffusion model
-# Keys every scheduler shares with the training DDPM config: the noise
-# schedule the model was trained on.
-_SHARED_SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+SEED_MAX = 2**32 - 1  # seeds are unsigned 32-bit: the service's bound, and where image_seeds wraps
+
+
+def image_seeds(seed: int, n: int) -> list[int]:
+    """The seeds of a request's n images: image i uses (seed + i) mod 2^32, so
+    each is itself a valid seed that gives that image alone (n=1)."""
+    return [(seed + i) % (SEED_MAX + 1) for i in range(n)]
 
 
 class InvalidParameter(ValueError):
@@ -62,6 +66,16 @@ class Sampling:
     scheduler: str
     guidance_scale: float
     timesteps: tuple[int, ...] | None = None  # the scheduler's own spacing when None
+    eta: float | None = None  # the fresh noise a step adds, for ETA_SAMPLERS; None for the others
+
+    @property
+    def step_arguments(self) -> dict:
+        """The scheduler's step() keyword arguments: its sampler's fixed
+        STEP_OPTIONS and this request's eta."""
+        options = dict(STEP_OPTIONS.get(self.scheduler, {}))
+        if self.eta is not None:
+            options["eta"] = self.eta
+        return options
 
     @property
     def unet_rows(self) -> int:
@@ -117,8 +131,8 @@ class DigitPipeline:
             raise WeightsError(f"scheduler class {self.scheduler_class!r} is not supported; "
                                f"choose one of {sorted(SAMPLERS_FOR)}")
         self.samplers = SAMPLERS_FOR[self.scheduler_class]
-        self.scheduler_config_keys = next(c._fields.keys() for c in SCHEDULER_CLASSES.values()
-                                          if c._class_name == self.scheduler_class)
+        # validated once, here: every trajectory's scheduler is made from these
+        self.sampler_configs = _sampler_configs(self.scheduler_config, self.scheduler_class, self.samplers)
         self.defaults = defaults or SamplingDefaults()
         if self.defaults.null_class_label is None:
             self.defaults = dataclasses.replace(self.defaults, null_class_label=unet.config.null_class_label)
@@ -132,12 +146,7 @@ class DigitPipeline:
         size = c.sample_size if isinstance(c.sample_size, int) else 28
         self.sample_shape = (c.in_channels, size, size)
         self.max_steps = {name: _max_steps(self._scheduler(name)) for name in self.samplers}
-        # step() arguments by sampler: the fixed ones, and the model's eta for tcd
-        self.step_options = dict(STEP_OPTIONS)
-        try:
-            self.set_eta(TCDScheduler.DEFAULT_ETA if self.defaults.eta is None else self.defaults.eta)
-        except ValueError as e:
-            raise WeightsError(f"model_index.json's {e}") from None
+        self.default_etas = self._default_etas()
         if not isinstance(self.defaults.timesteps, (dict, type(None))):
             raise WeightsError(f"model_index.json's timesteps must map step counts to lists, "
                                f"got {self.defaults.timesteps!r}")
@@ -147,15 +156,18 @@ class DigitPipeline:
             raise WeightsError(f"model_index.json's sampling default is invalid: {e}") from None
         self._check_timesteps()
 
-    def set_eta(self, eta: float) -> None:
-        """The tcd sampler's eta, for every step from now on."""
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-        self.step_options["tcd"] = {"eta": float(eta)}
-
-    def tuned_step_options(self, name: str) -> dict:
-        """The model's own step() arguments for sampler `name` (tcd: eta), for reports."""
-        return dict(self.step_options["tcd"]) if name == "tcd" else {}
+    def _default_etas(self) -> dict[str, float]:
+        """The eta of a request that gives none, by sampler of this model that
+        takes one: model_index.json's `eta` for tcd, else the class's DEFAULT_ETA."""
+        etas = {name: SCHEDULER_CLASSES[name].DEFAULT_ETA for name in ETA_SAMPLERS if name in self.samplers}
+        if self.defaults.eta is not None:
+            try:
+                tuned = check_eta(self.defaults.eta)
+            except ValueError as e:
+                raise WeightsError(f"model_index.json's {e}") from None
+            if "tcd" in etas:
+                etas["tcd"] = tuned
+        return etas
 
     def _check_timesteps(self) -> None:
         """Each tuned schedule must be one the default scheduler takes, of its key's length."""
@@ -203,16 +215,13 @@ class DigitPipeline:
 
     # -- trajectories --------------------------------------------------------
     def _scheduler(self, name: str):
-        """A fresh scheduler: the model's own sampler, or a sibling with the
-        same config keys (LCM and TCD), takes the whole saved config; any
-        other sibling only the noise schedule."""
-        same_keys = SCHEDULER_CLASSES[name]._fields.keys() == self.scheduler_config_keys
-        return make_scheduler(name, **(self.scheduler_config if same_keys else _shared(self.scheduler_config)))
+        """A fresh scheduler for sampler `name`, from its config checked at load."""
+        return SCHEDULER_CLASSES[name](self.sampler_configs[name])
 
     def resolve(self, label: int, steps: int | None = None, scheduler: str | None = None,
-                guidance_scale: float | None = None, timesteps=None) -> Sampling:
+                guidance_scale: float | None = None, timesteps=None, eta: float | None = None) -> Sampling:
         """The one place sampling parameters meet the model: defaults filled
-        in, then label, sampler, step count and guidance checked against it.
+        in, then label, sampler, step count, guidance and eta checked against it.
         `timesteps`, a hand-picked schedule (lcm and tcd only), sets the step count.
         Raises InvalidParameter naming the field."""
         d = self.defaults
@@ -237,6 +246,7 @@ class DigitPipeline:
             # the student learned the guided teacher; it has no unconditional row to guide with
             raise InvalidParameter("guidance_scale", f"this model has guidance {d.distilled_guidance_scale:g} "
                                                      f"built in: guidance_scale must be 1 (or left out), got {g!r}")
+        eta = self._resolve_eta(name, eta)
         if timesteps is not None:
             try:
                 self._scheduler(name).set_timesteps(timesteps=list(timesteps))
@@ -247,7 +257,22 @@ class DigitPipeline:
         else:
             timesteps = (d.timesteps or {}).get(str(int(steps))) if name == d.scheduler else None
         return Sampling(int(label), int(steps), name, float(g),
-                        None if timesteps is None else tuple(int(t) for t in timesteps))
+                        None if timesteps is None else tuple(int(t) for t in timesteps), eta)
+
+    def _resolve_eta(self, name: str, eta) -> float | None:
+        """Sampler `name`'s eta: the one given, checked, else its default;
+        None for a sampler that takes none."""
+        if name not in ETA_SAMPLERS:
+            if eta is not None:
+                raise InvalidParameter("eta", f"eta is taken only by the {' and '.join(ETA_SAMPLERS)} samplers; "
+                                              f"scheduler {name} has none, got eta={eta!r}")
+            return None
+        if eta is None:
+            return self.default_etas[name]
+        try:
+            return check_eta(eta)
+        except ValueError as e:
+            raise InvalidParameter("eta", str(e)) from None
 
     def start(self, sampling: Sampling, seed: int) -> Trajectory:
         """A trajectory at x_T, drawn from its own generator seeded with `seed`."""
@@ -261,8 +286,8 @@ class DigitPipeline:
         return Trajectory(sampling, seed, sched, gen, x)
 
     def trajectory(self, label: int, seed: int, steps: int | None = None, scheduler: str | None = None,
-                   guidance_scale: float | None = None, timesteps=None) -> Trajectory:
-        return self.start(self.resolve(label, steps, scheduler, guidance_scale, timesteps), seed)
+                   guidance_scale: float | None = None, timesteps=None, eta: float | None = None) -> Trajectory:
+        return self.start(self.resolve(label, steps, scheduler, guidance_scale, timesteps, eta), seed)
 
     def step(self, trajectories: list[Trajectory]) -> list[StepResult]:
         """Advance every unfinished trajectory by one step, with one UNet
@@ -287,8 +312,7 @@ class DigitPipeline:
                 eps = uncond + np.float32(tr.sampling.guidance_scale) * (cond - uncond)
             row += tr.sampling.unet_rows
             t = tr.timestep
-            res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator,
-                                    **self.step_options.get(tr.sampling.scheduler, {}))
+            res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator, **tr.sampling.step_arguments)
             tr.sample = res.prev_sample.astype(np.float32, copy=False)
             tr.index += 1
             tr.latest = StepResult(tr.index, tr.steps, t, tr.sample[0], res.pred_original_sample[0])
@@ -314,5 +338,20 @@ def _max_steps(sched) -> int:
     return getattr(sched, "max_inference_steps", None) or sched.config["num_train_timesteps"]
 
 
-def _shared(config: dict) -> dict:
-    return {k: config[k] for k in _SHARED_SCHEDULER_KEYS if k in config}
+def _sampler_configs(saved: dict, class_name: str, samplers) -> dict[str, SchedulerConfig]:
+    """Each sampler's validated config. The class the model was saved with,
+    and a sibling with its keys (LCM and TCD), take the whole saved config;
+    any other sibling the model's noise schedule and prediction type, and
+    its own defaults for the rest (a DDPM config's spacing is no DPM's)."""
+    own_class = next(c.config_class for c in SCHEDULER_CLASSES.values() if c._class_name == class_name)
+    own = own_class.from_dict(saved, ignore_siblings=True)
+    configs = {}
+    for name in samplers:
+        cls = SCHEDULER_CLASSES[name].config_class
+        if cls is own_class:
+            configs[name] = own
+        elif cls.defaults().keys() == own_class.defaults().keys():
+            configs[name] = cls.from_dict(saved, ignore_siblings=True)
+        else:
+            configs[name] = cls.on_schedule(own.schedule, prediction_type=own.prediction_type)
+    return configs

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 from conftest import make_tiny_weights, write_bar_digits
 from engine.training.distill import DistillConfig, Distiller, main
 from engine.pipeline import DigitPipeline, InvalidParameter
+from engine.io import WeightsError
 from engine.schedulers import DDIMScheduler
 
 
@@ -62,8 +63,9 @@ def test_target_at_the_data_end_is_the_teacher_step(setup):
     np.testing.assert_array_equal(distiller.targets(x_t, t, s, y), distiller.teacher_step(x_t, t, s, y))
 
 
-def test_loss_gradients_match_finite_differences(setup):
-    distiller = Distiller(DistillConfig(data="", teacher=str(setup / "teacher")))
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_loss_gradients_match_finite_differences(setup, prediction_type):
+    distiller = Distiller(DistillConfig(data="", teacher=str(setup / "teacher"), prediction_type=prediction_type))
     x_t, t, s, y = batch(distiller, B=4)
     target = distiller.targets(x_t, t, s, y).astype(np.float64)
     model = distiller.model.to(np.float64)
@@ -104,6 +106,42 @@ def test_loss_weight_caps_high_noise_gradients(setup):
         assert np.linalg.norm(d_eps) <= 1.0 + 1e-5
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_a_one_step_student_has_no_high_noise_amplification(setup, prediction_type):
+    """Its x0 estimate at t = 999 moves by at most its output's change (an
+    epsilon student's by 1/sqrt(abar_999), about 150 times)."""
+    rng = np.random.default_rng(0)
+    x_t = rng.standard_normal((1, 1, 28, 28)).astype(np.float32)
+    out, bump = rng.standard_normal(x_t.shape).astype(np.float32), np.full(x_t.shape, 1e-3, np.float32)
+    moved = {}
+    for kind in ("epsilon", prediction_type):
+        d = Distiller(DistillConfig(data="", teacher=str(setup / "teacher"), prediction_type=kind))
+        t = np.array([999])
+        moved[kind] = np.abs(d.x0_hat(out + bump, x_t, t)[0] - d.x0_hat(out, x_t, t)[0]).max()
+    assert moved[prediction_type] <= 1e-3 * 1.0001
+    assert moved["epsilon"] > 100 * 1e-3
+
+
+def test_the_target_of_a_v_student_is_its_x0_estimate(setup):
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0, so a target network that outputs
+    the v of a known (x0, eps) gives back x0 (up to the boundary scalings)."""
+    d = Distiller(DistillConfig(data="", teacher=str(setup / "teacher"), prediction_type="v_prediction"))
+    rng = np.random.default_rng(2)
+    x0 = rng.uniform(-1, 1, (2, 1, 28, 28)).astype(np.float32)
+    eps = rng.standard_normal(x0.shape).astype(np.float32)
+    t = np.array([499, 999])
+    x_t = d.scheduler.add_noise(x0, eps, t)
+    v = d.scheduler.get_velocity(x0, eps, t)
+    np.testing.assert_allclose(d.x0_hat(v, x_t, t)[0], x0, atol=2e-5)
+
+
+def test_the_student_options_are_checked(setup):
+    with pytest.raises(WeightsError, match="prediction_type must be one of"):
+        Distiller(DistillConfig(data="", teacher=str(setup / "teacher"), prediction_type="x0"))
+    with pytest.raises(WeightsError, match="sampler must be one of"):
+        Distiller(DistillConfig(data="", teacher=str(setup / "teacher"), sampler="ddim"))
+
+
 def checkpoint(out: Path) -> dict:
     return load_file(str(out / "checkpoint.safetensors"))
 
@@ -138,6 +176,18 @@ def test_student_is_a_consistency_model_that_samples_in_few_steps(setup, tmp_pat
     images = pipe.generate([3, 4], [0, 1], steps=4, scheduler="lcm")   # the sibling sampler, same grid
     assert images.shape == (2, 1, 28, 28) and np.all(np.abs(images) <= 1)
     assert (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+
+
+def test_a_one_step_v_student_exports_for_lcm_at_one_step(setup, tmp_path):
+    assert main(args(setup, tmp_path / "run", "--steps", "2", "--prediction-type", "v_prediction",
+                     "--sampler", "lcm", "--sample-steps", "1", "--sample-seeds", "1")) == 0
+    folder = tmp_path / "run" / "pipeline"
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert (sched["_class_name"], sched["prediction_type"]) == ("LCMScheduler", "v_prediction")
+    pipe = DigitPipeline.from_pretrained(folder)
+    assert (pipe.defaults.scheduler, pipe.defaults.num_inference_steps) == ("lcm", 1)
+    images = pipe.generate([3, 4], [0, 1])
+    assert images.shape == (2, 1, 28, 28) and np.all(np.abs(images) <= 1)
 
 
 def test_resume_of_a_training_checkpoint_is_refused(setup, tmp_path, capsys):

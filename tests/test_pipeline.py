@@ -7,7 +7,8 @@ import pytest
 
 from engine import UNet2DModel, no_grad
 from engine.io import WeightsError
-from engine.pipeline import DigitPipeline, InvalidParameter, Sampling, SamplingDefaults
+from engine.pipeline import SEED_MAX, DigitPipeline, InvalidParameter, Sampling, SamplingDefaults, image_seeds
+from engine.schedulers import DDPMScheduler, SchedulerConfig
 
 TINY = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
             down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
@@ -92,6 +93,10 @@ def test_run_yields_every_step_and_generate_returns_images(pipe):
     (dict(label=1, scheduler="euler"), "scheduler"), (dict(label=1, scheduler="lcm"), "scheduler"),
     (dict(label=1, steps=0), "steps"), (dict(label=1, steps=1001), "steps"), (dict(label=1, steps=2.5), "steps"),
     (dict(label=1, guidance_scale=float("nan")), "guidance_scale"), (dict(label=1, guidance_scale=-1.0), "guidance_scale"),
+    (dict(label=1, eta=0.3), "eta"), (dict(label=1, scheduler="ddpm", eta=0.0), "eta"),
+    (dict(label=1, scheduler="ddim", eta=1.5), "eta"), (dict(label=1, scheduler="ddim", eta=-0.1), "eta"),
+    (dict(label=1, scheduler="ddim", eta=True), "eta"), (dict(label=1, scheduler="ddim", eta=float("nan")), "eta"),
+    (dict(label=1, scheduler="ddim", eta="0.3"), "eta"),
 ])
 def test_resolve_names_the_field_it_rejects(pipe, args, field):
     with pytest.raises(InvalidParameter) as e:
@@ -103,6 +108,7 @@ def test_resolve_fills_defaults_from_the_model(pipe):
     d = pipe.defaults
     assert pipe.resolve(3) == Sampling(3, d.num_inference_steps, d.scheduler, d.guidance_scale)
     assert pipe.resolve(3, steps=5, scheduler="ddim", guidance_scale=1.0).unet_rows == 1
+    assert pipe.resolve(3, scheduler="ddim").eta == 0.0 and pipe.resolve(3, scheduler="ddpm").eta is None
     assert pipe.max_steps == {"ddpm": 1000, "ddim": 1000, "dpm": 999}
 
 
@@ -163,11 +169,13 @@ def _tcd_student(**defaults) -> DigitPipeline:
 
 def test_a_tcd_student_steps_with_its_own_eta_and_keeps_lcm_beside_it(tmp_path):
     tuned, default = _tcd_student(eta=0.6), _tcd_student()
-    assert tuned.samplers == ("tcd", "lcm") and tuned.tuned_step_options("tcd") == {"eta": 0.6}
-    assert default.tuned_step_options("tcd") == {"eta": 0.3}   # diffusers' default
-    # eta changes the image; a round trip through model_index.json keeps it
+    assert tuned.samplers == ("tcd", "lcm") and tuned.resolve(1).eta == 0.6
+    assert default.resolve(1).eta == 0.3   # diffusers' default
+    assert tuned.resolve(1, scheduler="lcm").eta is None
+    # eta changes the image; a request's own eta replaces the model's; a round trip through model_index.json keeps it
     image = tuned.generate([1], [5])
     assert not np.array_equal(image, default.generate([1], [5]))
+    np.testing.assert_array_equal(tuned.generate([1], [5], eta=0.3), default.generate([1], [5]))
     tuned.save_pretrained(tmp_path / "w")
     loaded = DigitPipeline.from_pretrained(tmp_path / "w")
     assert loaded.defaults.eta == 0.6
@@ -231,3 +239,97 @@ def test_ddim_steps_with_the_noise_implied_by_the_clipped_estimate(pipe, monkeyp
     monkeypatch.setattr(tr.scheduler, "step", spy)
     pipe.step([tr])
     assert seen.get("use_clipped_model_output") is True
+
+
+# -- one noise schedule for every sampler of a model ------------------------------------
+BETAS_TO_005 = np.linspace(1e-4, 0.05, 1000).tolist()   # not the default schedule, which ends at 0.02
+
+
+@pytest.mark.parametrize("config, defaults", [
+    (SCHED, SamplingDefaults()),
+    (TCD, SamplingDefaults(scheduler="tcd", num_inference_steps=3, guidance_scale=1.0)),
+], ids=["diffusion", "consistency"])
+def test_every_sampler_of_a_model_uses_its_trained_betas(config, defaults):
+    unet = UNet2DModel(**TINY, rng=np.random.default_rng(0))
+    trained = DigitPipeline(unet, {**config, "trained_betas": BETAS_TO_005}, defaults)
+    plain = DigitPipeline(unet, config, defaults)
+    expected = DDPMScheduler(trained_betas=BETAS_TO_005).alphas_cumprod
+    assert len(trained.samplers) == (3 if config is SCHED else 2)
+    for name in trained.samplers:
+        sched = trained.trajectory(1, 5, steps=3, scheduler=name).scheduler
+        assert sched.betas[-1] == np.float32(0.05), name
+        np.testing.assert_array_equal(sched.alphas_cumprod, expected, err_msg=name)
+        assert not np.array_equal(trained.generate([1], [5], steps=3, scheduler=name),
+                                  plain.generate([1], [5], steps=3, scheduler=name)), name
+
+
+def test_a_model_is_checked_once_per_sampler_at_load_and_never_per_trajectory(monkeypatch):
+    checked = []
+    real = SchedulerConfig.__post_init__
+
+    def counting(self):
+        checked.append(type(self).__name__)
+        real(self)
+
+    monkeypatch.setattr(SchedulerConfig, "__post_init__", counting)
+    unet = UNet2DModel(**TINY, rng=np.random.default_rng(0))
+    diffusion = DigitPipeline(unet, SCHED, SamplingDefaults())
+    student = DigitPipeline(unet, TCD, SamplingDefaults(scheduler="tcd", num_inference_steps=3, guidance_scale=1.0,
+                                                        timesteps={"2": [999, 299]}))
+    assert sorted(checked) == ["DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "TCDConfig"]
+    checked.clear()
+    trajectories = [p.start(p.resolve(1, steps=2, scheduler=name), seed=3)
+                    for p in (diffusion, student) for name in p.samplers]
+    trajectories.append(student.trajectory(1, 3, timesteps=[999, 499]))
+    diffusion.step(trajectories[:3])
+    student.step(trajectories[3:])
+    assert checked == []
+
+
+# -- eta per request ---------------------------------------------------------------------
+def test_tcd_trajectories_with_different_etas_share_a_step_and_each_is_as_alone():
+    student = _tcd_student()
+
+    def alone(eta):
+        tr = student.trajectory(1, 5, eta=eta)
+        while not tr.done:
+            student.step([tr])
+        return tr.sample
+
+    together = [student.trajectory(1, 5, eta=0.0), student.trajectory(1, 5, eta=0.6)]
+    while not all(t.done for t in together):
+        student.step(together)
+    np.testing.assert_array_equal(together[0].sample, alone(0.0))
+    np.testing.assert_array_equal(together[1].sample, alone(0.6))
+    assert not np.array_equal(together[0].sample, together[1].sample)
+
+
+def test_ddim_with_an_eta_draws_fresh_noise_from_its_generator(pipe):
+    def run(eta):
+        tr = pipe.trajectory(2, seed=8, steps=4, scheduler="ddim", eta=eta)
+        after_x_T = tr.generator.bit_generator.state
+        while not tr.done:
+            pipe.step([tr])
+        return tr.sample, tr.generator.bit_generator.state != after_x_T
+
+    deterministic, drew = run(0.0)
+    assert not drew
+    np.testing.assert_array_equal(run(None)[0], deterministic)   # ddim's default eta is 0
+    stochastic, drew = run(0.5)
+    assert drew and not np.array_equal(stochastic, deterministic)
+
+
+@pytest.mark.parametrize("model, scheduler", [("diffusion", "ddpm"), ("diffusion", "dpm"), ("student", "lcm")])
+def test_eta_for_a_sampler_without_one_names_the_samplers_that_take_it(pipe, model, scheduler):
+    p = pipe if model == "diffusion" else _tcd_student()
+    with pytest.raises(InvalidParameter) as e:
+        p.resolve(1, scheduler=scheduler, eta=0.3)
+    assert e.value.field == "eta"
+    assert "ddim" in str(e.value) and "tcd" in str(e.value) and scheduler in str(e.value)
+
+
+def test_image_i_of_a_request_uses_seed_plus_i_wrapped_to_32_bits():
+    assert SEED_MAX == 2**32 - 1
+    assert image_seeds(7, 3) == [7, 8, 9]
+    assert image_seeds(SEED_MAX - 1, 3) == [SEED_MAX - 1, SEED_MAX, 0]
+    assert image_seeds(0, 0) == []

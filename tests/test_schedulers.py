@@ -3,6 +3,7 @@ tools/make_scheduler_fixtures.py) plus behaviour and error checks."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 from pathlib import Path
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from engine.schedulers import (
-    DDIMConfig, DDIMScheduler, DDPMConfig, DDPMScheduler, DPMSolverConfig, DPMSolverMultistepScheduler, LCMConfig,
-    LCMScheduler, SchedulerOutput, TCDConfig, TCDScheduler, make_scheduler,
+    ETA_SAMPLERS, NOISE_SCHEDULE_KEYS, DDIMConfig, DDIMScheduler, DDPMConfig, DDPMScheduler, DPMSolverConfig,
+    DPMSolverMultistepScheduler, LCMConfig, LCMScheduler, NoiseSchedule, SchedulerOutput, TCDConfig, TCDScheduler,
+    make_scheduler,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "schedulers.npz"
@@ -265,6 +267,12 @@ def _ddim():
     return s
 
 
+def _tcd():
+    s = TCDScheduler()
+    s.set_timesteps(2)
+    return s
+
+
 def test_generator_draws_standard_normal_float32():
     shape = (2, 1, 3, 3)
     expected_noise = np.random.default_rng(7).standard_normal(shape, dtype=np.float32)
@@ -366,6 +374,42 @@ def test_schedule_tables_are_shared_and_read_only():
         a.alphas_cumprod[0] = 0.5
 
 
+def test_the_noise_schedule_keys_are_the_noise_schedule_fields():
+    assert NOISE_SCHEDULE_KEYS == tuple(f.name for f in dataclasses.fields(NoiseSchedule)) == (
+        "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    for config_cls in CONFIGS.values():
+        assert set(NOISE_SCHEDULE_KEYS) <= set(config_cls.defaults())
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_a_config_on_another_configs_schedule_gets_its_tables(kind):
+    betas = np.linspace(1e-4, 0.05, 1000)   # not the default schedule, which ends at 0.02
+    source = DDPMConfig(trained_betas=betas, prediction_type="v_prediction")
+    cfg = CONFIGS[kind].on_schedule(source.schedule, prediction_type=source.prediction_type)
+    assert cfg.schedule == source.schedule and cfg.prediction_type == "v_prediction"
+    sched = CLASSES[kind](cfg)
+    assert sched.alphas_cumprod is DDPMScheduler(source).alphas_cumprod   # the same cached table
+    assert sched.betas[-1] == np.float32(0.05)
+    assert cfg.to_dict()["trained_betas"] == betas.tolist()   # still diffusers' flat JSON keys
+    assert {k: v for k, v in cfg.to_dict().items() if k not in NOISE_SCHEDULE_KEYS} == {
+        k: v for k, v in CONFIGS[kind](prediction_type="v_prediction").to_dict().items()
+        if k not in NOISE_SCHEDULE_KEYS}   # the rest: the class's own defaults
+
+
+def test_eta_samplers_are_those_whose_step_takes_an_eta():
+    takes = {name for name, cls in CLASSES.items() if "eta" in inspect.signature(cls.step).parameters}
+    assert takes == set(ETA_SAMPLERS)
+    for name in ETA_SAMPLERS:
+        assert inspect.signature(CLASSES[name].step).parameters["eta"].default == CLASSES[name].DEFAULT_ETA
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan"), float("inf"), True, "0.3", None])
+def test_a_bad_eta_is_rejected_by_every_step_that_takes_one(eta):
+    for step in (_ddim().step, _tcd().step):
+        with pytest.raises(ValueError, match=re.escape("eta must be a number in [0, 1]")):
+            step(np.zeros((1, 1)), 999, np.zeros((1, 1)), eta=eta)
+
+
 # ---------------------------------------------------------------------------
 # Config handling and errors
 # ---------------------------------------------------------------------------
@@ -455,6 +499,8 @@ def test_bad_step_counts(kind, n):
     ("ddpm", "clip_sample", "yes"),
     ("ddpm", "clip_sample_range", 0.0),
     ("ddpm", "num_train_timesteps", 0),
+    ("ddpm", "num_train_timesteps", 10**9),   # a table of 1e9 floats per scheduler: refused before allocating
+    ("lcm", "num_train_timesteps", 10**9),
     ("ddpm", "steps_offset", -1),
     ("ddim", "set_alpha_to_one", 1),
     ("dpm", "algorithm_type", "sde-dpmsolver++"),
@@ -570,5 +616,5 @@ def test_tcd_eta_sets_how_much_fresh_noise_each_jump_takes():
     tcd = TCDScheduler()
     tcd.set_timesteps(2)
     for eta in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match="eta must be in"):
+        with pytest.raises(ValueError, match="eta must be a number in"):
             tcd.step(np.zeros((1, 1)), tcd.timesteps[0], np.zeros((1, 1)), eta=eta)

@@ -52,7 +52,6 @@ def compare_consistency_sampling(folder: Path, class_name: str) -> bool:
     unet = DiffusersUNet.from_pretrained(folder / "unet").eval()
     cls, module = CONSISTENCY[class_name]
     sched = cls.from_pretrained(folder / "scheduler")
-    step_kwargs = pipe.tuned_step_options(pipe.defaults.scheduler)   # TCD: the model's eta
     ok = True
     for steps in sorted({1, 2, 4, pipe.defaults.num_inference_steps, *map(int, pipe.defaults.timesteps or {})}):
         label, seed = 7, 11
@@ -62,7 +61,9 @@ def compare_consistency_sampling(folder: Path, class_name: str) -> bool:
         x = gen.standard_normal((1, 1, 28, 28), dtype=np.float32)
         noises = [gen.standard_normal((1, 1, 28, 28), dtype=np.float32) for _ in range(steps - 1)]
         module.randn_tensor = lambda shape, **kw: torch.from_numpy(noises.pop(0))
-        tuned = pipe.resolve(label, steps).timesteps
+        sampling = pipe.resolve(label, steps)
+        step_kwargs = sampling.step_arguments   # TCD: the model's eta
+        tuned = sampling.timesteps
         sched.set_timesteps(steps) if tuned is None else sched.set_timesteps(timesteps=list(tuned))
         sample = torch.from_numpy(x)
         with torch.no_grad():

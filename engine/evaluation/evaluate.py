@@ -44,7 +44,8 @@ from .. import paths
 from ..io import WeightsError
 from ..io.data import NUM_CLASSES, DataError, from_model_range, load_mnist
 from ..nn import runtime
-from ..pipeline import DigitPipeline
+from ..pipeline import DigitPipeline, image_seeds
+from ..schedulers import ETA_SAMPLERS
 from ..schedulers import SCHEDULERS as SCHEDULER_NAMES
 from .classifier import DEFAULT_FOLDER as DEFAULT_CLASSIFIER
 from .classifier import DigitClassifier, load_classifier, predict
@@ -156,10 +157,10 @@ def _scores(probs: np.ndarray, labels: np.ndarray) -> dict:
 # -- the evaluation --------------------------------------------------------------------
 def generate_digits(pipe: DigitPipeline, per_class: int, seed: int, batch: int, log=None,
                     **sampling) -> tuple[np.ndarray, np.ndarray, float]:
-    """per_class digits of each class, class-major, digit i seeded seed + i.
-    -> (uint8 images (N, 28, 28), labels (N,), seconds)."""
+    """per_class digits of each class, class-major, digit i seeded like a
+    request's image i (image_seeds). -> (uint8 images (N, 28, 28), labels (N,), seconds)."""
     labels = np.repeat(np.arange(NUM_CLASSES), per_class)
-    seeds = seed + np.arange(len(labels))
+    seeds = image_seeds(seed, len(labels))
     out = []
     t0 = time.perf_counter()
     for a in range(0, len(labels), batch):
@@ -174,15 +175,15 @@ def generate_digits(pipe: DigitPipeline, per_class: int, seed: int, batch: int, 
 
 def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path, *, per_class: int = 100,
              steps: int | None = None, scheduler: str | None = None, guidance_scale: float | None = None,
-             timesteps: list[int] | None = None, seed: int = 0, batch: int = 100, nn_pool: int = 0,
-             copy_quantile: float = 0.05,
+             timesteps: list[int] | None = None, eta: float | None = None, seed: int = 0, batch: int = 100,
+             nn_pool: int = 0, copy_quantile: float = 0.05,
              classifier_train_images: int | None = None, log=None) -> dict:
     """Run the whole evaluation; returns the report as a JSON-able dict.
 
     classifier_train_images: the classifier trained on x_train[:this]; the
     rest are its held-out digits, drawn for the real-vs-real floor."""
     t_start = time.perf_counter()
-    chosen = pipe.resolve(0, steps, scheduler, guidance_scale, timesteps)  # defaults filled, checked before any work
+    chosen = pipe.resolve(0, steps, scheduler, guidance_scale, timesteps, eta)  # defaults filled, checked first
     x_train, y_train = load_mnist(data, "train")
     x_test, y_test = load_mnist(data, "test")
     N = NUM_CLASSES * per_class
@@ -205,7 +206,10 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
 
     sampling = {"steps": chosen.steps, "scheduler": chosen.scheduler, "guidance_scale": chosen.guidance_scale,
                 "timesteps": chosen.timesteps}
+    if chosen.eta is not None:  # only the samplers that take one
+        sampling["eta"] = chosen.eta
     gen, gen_labels, gen_s = generate_digits(pipe, per_class, seed, batch, log, **sampling)
+    seeds = image_seeds(seed, N)
 
     if log:
         log("classifying and measuring distances ...")
@@ -242,8 +246,7 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
         "n": N,
         "per_class": per_class,
         "sampler": {**sampling, "timesteps": list(chosen.timesteps or ()) or "evenly spaced",
-                    **pipe.tuned_step_options(chosen.scheduler),
-                    "seed": seed, "seeds": f"{seed}..{seed + N - 1}, class-major"},
+                    "seed": seed, "seeds": f"{seeds[0]}..{seeds[-1]}, class-major"},
         "generated": {**gen_scores, "confusion": confusion.tolist()},
         "real_test": _scores(ref_probs, ref_labels),
         "real_floor_sample": _scores(floor_probs, floor_labels),
@@ -267,7 +270,7 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
             "near_copy_fraction": float(np.mean(gen_nn < th_gen)),
             "held_out_near_copy_fraction": float(np.mean(floor_nn < th_floor)),
             "closest_pair": {"generated_index": closest, "label": int(gen_labels[closest]),
-                             "seed": int(seed + closest), "train_index": int(pool_idx[gen_arg[closest]]),
+                             "seed": seeds[closest], "train_index": int(pool_idx[gen_arg[closest]]),
                              "distance": float(gen_nn[closest])},
         },
         "diversity": {
@@ -380,10 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, help="default: the pipeline's")
     p.add_argument("--timesteps", type=_int_list, help="a hand-picked schedule, e.g. 999,639,299,99 (lcm and tcd "
                                                       "only; default: the pipeline's for that step count, else even)")
-    p.add_argument("--eta", type=float, help="tcd's eta in [0, 1]: 0 deterministic, 1 fresh noise only at each jump "
-                                             "(default: the pipeline's, else 0.3)")
+    p.add_argument("--eta", type=float, help=f"the {' or '.join(ETA_SAMPLERS)} sampler's eta in [0, 1]: the fresh "
+                                             "noise each step adds, 0 deterministic (default: tcd the pipeline's, "
+                                             "else 0.3; ddim 0)")
     p.add_argument("--seed", type=_int_list, default=[0],
-                   help="digit i uses seed SEED + i; also picks the real samples. Several, comma-separated "
+                   help="digit i uses seed (SEED + i) mod 2^32; also picks the real samples. Several, comma-separated "
                         "(e.g. 0,1000,2000,3000): one evaluation each and their mean, since one 1,000-digit "
                         "Fréchet distance moves by several per cent from one seed set to another")
     p.add_argument("--batch", type=int, default=100, help="digits per generation batch (default 100)")
@@ -414,14 +418,12 @@ def main(argv=None) -> int:
     reports = []
     try:
         pipe = DigitPipeline.from_pretrained(args.weights)
-        if args.eta is not None:
-            pipe.set_eta(args.eta)
         classifier, info = load_classifier(args.classifier)
         for seed in args.seed:
             report = evaluate(pipe, classifier, args.data, per_class=args.per_class, steps=args.steps,
                               scheduler=args.scheduler, guidance_scale=args.guidance_scale,
-                              timesteps=args.timesteps, seed=seed, batch=args.batch, nn_pool=args.nn_pool,
-                              copy_quantile=args.copy_quantile,
+                              timesteps=args.timesteps, eta=args.eta, seed=seed, batch=args.batch,
+                              nn_pool=args.nn_pool, copy_quantile=args.copy_quantile,
                               classifier_train_images=info.get("training", {}).get("train_images"), log=say)
             reports.append({"pipeline": str(args.weights), "classifier": str(args.classifier),
                             "classifier_test_accuracy": info.get("metrics", {}).get("test", {}).get("accuracy"),

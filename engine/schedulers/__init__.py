@@ -6,13 +6,15 @@ tests/test_schedulers.py). Noise comes from an explicit `variance_noise`
 array or a caller-owned `numpy.random.Generator`, never a global RNG.
 
 Each scheduler takes its frozen config dataclass (`DDPMConfig`, ...; see
-config.py) or that config's keys as keyword arguments.
+config.py) or that config's keys as keyword arguments. A config's noise
+schedule (`config.schedule`, a `NoiseSchedule`) is what a model's samplers
+must share; its keys are NOISE_SCHEDULE_KEYS.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .common import SchedulerOutput
+from .common import NOISE_SCHEDULE_KEYS, NoiseSchedule, SchedulerOutput, check_eta
 from .config import SchedulerConfig
 from .ddim import DDIMConfig, DDIMScheduler
 from .ddpm import DDPMConfig, DDPMScheduler
@@ -42,6 +44,9 @@ CONSISTENCY_CLASSES = frozenset({"LCMScheduler", "TCDScheduler"})  # a folder sa
 # classified as asked, 100% with this option). Use the noise implied by the
 # clipped x̂0, as diffusers' use_clipped_model_output does.
 STEP_OPTIONS = {"ddim": {"use_clipped_model_output": True}}
+# The samplers whose step() takes an eta (each class's DEFAULT_ETA when none is
+# given): how much fresh noise a step adds, 0 deterministic; in [0, 1] (check_eta).
+ETA_SAMPLERS = ("ddim", "tcd")
 
 
 def make_scheduler(name: str, **config: Any):
@@ -57,5 +62,6 @@ def make_scheduler(name: str, **config: Any):
 __all__ = [
     "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "SchedulerOutput",
     "TCDScheduler", "DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "SchedulerConfig", "TCDConfig",
-    "CONSISTENCY_CLASSES", "SAMPLERS_FOR", "SCHEDULERS", "STEP_OPTIONS", "make_scheduler",
+    "CONSISTENCY_CLASSES", "ETA_SAMPLERS", "NOISE_SCHEDULE_KEYS", "NoiseSchedule", "SAMPLERS_FOR", "SCHEDULERS",
+    "STEP_OPTIONS", "check_eta", "make_scheduler",
 ]

@@ -9,6 +9,7 @@ promote to float64.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -77,15 +78,29 @@ def _schedule_tables(num_train_timesteps: int, beta_start: float, beta_end: floa
     return betas, alphas_cumprod
 
 
-def schedule_key(config) -> tuple:
-    """The fields of a SchedulerConfig the beta schedule depends on (hashable:
-    the config keeps trained_betas as a tuple)."""
-    return (config.num_train_timesteps, config.beta_start, config.beta_end, config.beta_schedule,
-            config.trained_betas)
+@dataclasses.dataclass(frozen=True)
+class NoiseSchedule:
+    """The noise schedule a model was trained on: what every sampler of the
+    model must share. Taken from a validated SchedulerConfig (its `schedule`),
+    which holds the defaults and the checks; hashable, so it keys the tables."""
+    num_train_timesteps: int
+    beta_start: float
+    beta_end: float
+    beta_schedule: str
+    trained_betas: tuple[float, ...] | None
+
+    @property
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(betas, alphas_cumprod), float32, read-only, shared by every user of this schedule."""
+        return _schedule_tables(**self.config_keys())
+
+    def config_keys(self) -> dict[str, Any]:
+        """The schedule as SchedulerConfig keyword arguments."""
+        return {k: getattr(self, k) for k in NOISE_SCHEDULE_KEYS}
 
 
-def schedule_tables(config):
-    return _schedule_tables(*schedule_key(config))
+# the config keys of the noise schedule, in diffusers' order
+NOISE_SCHEDULE_KEYS = tuple(f.name for f in dataclasses.fields(NoiseSchedule))
 
 
 # ---------------------------------------------------------------------------
@@ -179,6 +194,15 @@ def per_sample(coef: np.ndarray, ndim: int) -> np.ndarray:
 
 def f32(x: float) -> np.float32:
     return np.float32(x)
+
+
+def check_eta(eta: Any) -> float:
+    """eta as a float, or ValueError: a number in [0, 1] (above 1 the noise
+    variance exceeds what the step leaves room for: NaN or a negative timestep)."""
+    if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, (int, float, np.integer, np.floating)) \
+            or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    return float(eta)
 
 
 def draw_noise(shape: tuple, generator: np.random.Generator | None,

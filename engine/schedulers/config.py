@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from .common import NOISE_SCHEDULE_KEYS, NoiseSchedule
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -32,9 +34,16 @@ def check_bool(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+
+
+# A schedule's tables hold one float32 per training timestep, per scheduler:
+# diffusers models use 1000; a config asking for 1e9 would allocate gigabytes.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def check_float(name: str, value: Any, positive: bool = False) -> None:
@@ -102,7 +111,7 @@ class SchedulerConfig:
 
     def validate(self) -> None:
         """Checks of the keys every scheduler has."""
-        check_int("num_train_timesteps", self.num_train_timesteps, 1)
+        check_int("num_train_timesteps", self.num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
         check_float("beta_start", self.beta_start)
         check_float("beta_end", self.beta_end)
         check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
@@ -119,6 +128,17 @@ class SchedulerConfig:
             if len(tb) != self.num_train_timesteps:
                 raise ValueError(f"trained_betas has {len(tb)} entries but "
                                  f"num_train_timesteps={self.num_train_timesteps}")
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The noise schedule (its tables: `.schedule.tables`)."""
+        return NoiseSchedule(**{k: getattr(self, k) for k in NOISE_SCHEDULE_KEYS})
+
+    @classmethod
+    def on_schedule(cls, schedule: NoiseSchedule, **values: Any):
+        """This class's config on another config's noise schedule, with
+        `values` and this class's defaults for the rest."""
+        return cls(**schedule.config_keys(), **values)
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32, x0_and_eps
+from .common import SchedulerOutput, as_f32, as_timestep, check_eta, draw_noise, f32, x0_and_eps
 from .config import ConfigMixin, SchedulerConfig, check_bool, check_float
 from .noise_table import NoiseTableMixin
 
@@ -28,6 +28,7 @@ class DDIMConfig(SchedulerConfig):
 
 class DDIMScheduler(NoiseTableMixin, ConfigMixin, config=DDIMConfig):
     order = 1
+    DEFAULT_ETA = 0.0  # diffusers' default for step(eta=...): deterministic DDIM
 
     def __init__(self, config: DDIMConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -44,7 +45,7 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin, config=DDIMConfig):
         t = as_timestep(timestep, self.settings.num_train_timesteps)
         return t - self.settings.num_train_timesteps // self.num_inference_steps
 
-    def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = False,
+    def step(self, model_output, timestep, sample, eta: float = DEFAULT_ETA, use_clipped_model_output: bool = False,
              generator: np.random.Generator | None = None,
              variance_noise: np.ndarray | None = None) -> SchedulerOutput:
         cfg = self.settings
@@ -52,10 +53,7 @@ class DDIMScheduler(NoiseTableMixin, ConfigMixin, config=DDIMConfig):
         sample = as_f32(sample, "sample")
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
-        eta = float(eta)
-        if not 0.0 <= eta <= 1.0:
-            # eta > 1 can make 1 - abar_prev - sigma^2 negative (NaN in diffusers)
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        eta = check_eta(eta)  # eta > 1 can make 1 - abar_prev - sigma^2 negative (NaN in diffusers)
         t = as_timestep(timestep, cfg.num_train_timesteps)
         prev_t = self.previous_timestep(t)
 

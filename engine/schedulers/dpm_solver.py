@@ -12,8 +12,8 @@ from functools import lru_cache
 import numpy as np
 
 from .common import (
-    SchedulerOutput, _schedule_tables, as_f32, as_timestep, as_timestep_array, check_num_inference_steps, f32,
-    per_sample, schedule_key,
+    NoiseSchedule, SchedulerOutput, as_f32, as_timestep, as_timestep_array, check_num_inference_steps, f32,
+    per_sample,
 )
 from .config import ConfigMixin, SchedulerConfig, check_bool, check_choice, check_float, check_int
 
@@ -22,10 +22,10 @@ _IGNORED_VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large"
 
 
 @lru_cache(maxsize=32)
-def _vp_tables(schedule_key: tuple):
+def _vp_tables(schedule: NoiseSchedule):
     """sigma_t / alpha_t for every training step and lambda_t = log(alpha_t / sigma_t),
     float32 as diffusers builds them in __init__."""
-    _, alphas_cumprod = _schedule_tables(*schedule_key)
+    _, alphas_cumprod = schedule.tables
     one = np.float32(1.0)
     sigmas = np.sqrt((one - alphas_cumprod) / alphas_cumprod)
     lambdas = np.log(np.sqrt(alphas_cumprod)) - np.log(np.sqrt(one - alphas_cumprod))
@@ -102,9 +102,9 @@ class DPMSolverMultistepScheduler(ConfigMixin, config=DPMSolverConfig):
 
     def __init__(self, config: DPMSolverConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
-        key = schedule_key(self.settings)
-        self.betas, self.alphas_cumprod = _schedule_tables(*key)
-        self._train_sigmas, self._train_lambdas = _vp_tables(key)
+        schedule = self.settings.schedule
+        self.betas, self.alphas_cumprod = schedule.tables
+        self._train_sigmas, self._train_lambdas = _vp_tables(schedule)
 
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None

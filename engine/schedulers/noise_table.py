@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (
-    as_f32, as_timestep_array, check_num_inference_steps, per_sample, schedule_tables, spaced_timesteps,
-)
+from .common import as_f32, as_timestep_array, check_num_inference_steps, per_sample, spaced_timesteps
 
 
 class NoiseTableMixin:
@@ -15,7 +13,7 @@ class NoiseTableMixin:
 
     def _init_schedule(self) -> None:
         cfg = self.settings
-        self.betas, self.alphas_cumprod = schedule_tables(cfg)
+        self.betas, self.alphas_cumprod = cfg.schedule.tables
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = np.arange(cfg.num_train_timesteps - 1, -1, -1, dtype=np.int64)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import SchedulerOutput, draw_noise, f32, x0_and_eps
+from .common import SchedulerOutput, check_eta, draw_noise, f32, x0_and_eps
 from .lcm import LCMConfig, LCMScheduler
 
 
@@ -44,9 +44,7 @@ class TCDScheduler(LCMScheduler, config=TCDConfig):
         to s, then fresh noise from s up to the next timestep (none after
         the last step, or with eta = 0). Returns (prev_sample, x0_hat);
         diffusers returns x_s as its second output instead."""
-        eta = float(eta)
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        eta = check_eta(eta)
         model_output, sample, t, i = self._step_inputs(model_output, timestep, sample)
         last = i == self.num_inference_steps - 1
         next_t = 0 if last else int(self.timesteps[i + 1])   # diffusers: timestep 0 after the last step

@@ -53,7 +53,8 @@ from ..models.runner import InferenceRunner
 from ..models.unet_2d import UNet2DModel
 from ..nn import runtime
 from ..pipeline import DigitPipeline, SamplingDefaults
-from ..schedulers import CONSISTENCY_CLASSES, DDPMScheduler
+from ..schedulers import CONSISTENCY_CLASSES, NOISE_SCHEDULE_KEYS, SAMPLERS_FOR, DDPMScheduler
+from ..schedulers.config import PREDICTION_TYPES
 from ..schedulers.lcm import boundary_scalings, lcm_origin_timesteps
 from . import runs
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
@@ -79,7 +80,14 @@ class DistillConfig:
     guidance_scale: float = -1.0      # the teacher's guidance (< 0: its sampling default)
     original_inference_steps: int = 50
     timestep_scaling: float = 10.0
-    huber_c: float = 1e-3             # pseudo-Huber constant, in RMS pixel units
+    huber_c: float = field(default=1e-3, metadata={"help": "pseudo-Huber constant of the loss, in RMS pixel "
+                                                           "units (default: 1e-3)"})
+    prediction_type: str = field(default="epsilon", metadata={
+        "help": "what the student's UNet outputs: epsilon (like its teacher; default, the shipped 3-step "
+                "student), v_prediction or sample. One step needs v_prediction or sample: an epsilon student's "
+                "x0 estimate at t = T-1 multiplies its output error by 1/sqrt(abar) (~150)"})
+    sampler: str = field(default="tcd", metadata={"help": "the exported student's default sampler: tcd "
+                                                          "(default) or lcm"})
     seed: int = 0
     checkpoint_minutes: float = 10.0
     sample_seeds: int = 4
@@ -89,9 +97,12 @@ class DistillConfig:
 
 
 def student_scheduler_config(teacher_config: dict, cfg: DistillConfig) -> dict:
-    """diffusers' TCDScheduler config (LCMScheduler's keys) on the teacher's noise schedule."""
-    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
-    return {"_class_name": "TCDScheduler", **{k: teacher_config[k] for k in keep if k in teacher_config},
+    """diffusers' TCDScheduler config (LCMScheduler's keys; saved as the
+    class of the student's default sampler) on the teacher's noise schedule,
+    with the student's own prediction type."""
+    cls = "LCMScheduler" if cfg.sampler == "lcm" else "TCDScheduler"
+    return {"_class_name": cls, **{k: teacher_config[k] for k in NOISE_SCHEDULE_KEYS if k in teacher_config},
+            "prediction_type": cfg.prediction_type,
             "original_inference_steps": cfg.original_inference_steps, "timestep_scaling": cfg.timestep_scaling,
             "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True, "steps_offset": 0,
             "timestep_spacing": "leading"}
@@ -110,12 +121,17 @@ class Distiller(Trainer):
         self.teacher = teacher.run_unet                   # eval, weights precomputed, sharded
         self.null_label = teacher.defaults.null_class_label
         self.guidance = teacher.defaults.guidance_scale if cfg.guidance_scale < 0 else cfg.guidance_scale
-        self.scheduler = DDPMScheduler.from_config({k: v for k, v in teacher.scheduler_config.items()
-                                                    if k in DDPMScheduler._fields})
+        self.scheduler = DDPMScheduler(teacher.sampler_configs["ddpm"])   # on the teacher's noise schedule
         if self.scheduler.config["prediction_type"] != "epsilon":
             raise WeightsError("the distiller needs an epsilon-prediction teacher")
         self.student_scheduler_config = student_scheduler_config(self.scheduler.config, cfg)
-        self.student_defaults = SamplingDefaults(scheduler="tcd", num_inference_steps=cfg.sample_steps,
+        if cfg.prediction_type not in PREDICTION_TYPES:
+            raise WeightsError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                               f"got {cfg.prediction_type!r}")
+        if cfg.sampler not in SAMPLERS_FOR["TCDScheduler"]:
+            raise WeightsError(f"sampler must be one of {', '.join(SAMPLERS_FOR['TCDScheduler'])}, "
+                               f"got {cfg.sampler!r}")
+        self.student_defaults = SamplingDefaults(scheduler=cfg.sampler, num_inference_steps=cfg.sample_steps,
                                                  guidance_scale=1.0, null_class_label=self.null_label,
                                                  distilled_guidance_scale=self.guidance)
         state = self._initial_state(teacher.unet)
@@ -169,26 +185,43 @@ class Distiller(Trainer):
         x0_w = (x_t - sig_t * eps_w) / a_t
         return a_s * x0_w + sig_s * eps_w
 
+    def x0_hat(self, out: np.ndarray, x_t: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x0 estimate, d x0 / d out) from a UNet output of the student's
+        prediction type: the chain rule's factor is -sigma/alpha for
+        epsilon (x150 at t = T-1), -sigma for v, 1 for sample."""
+        a, sig, _, _ = self._coefficients(t)
+        kind = self.cfg.prediction_type
+        if kind == "epsilon":
+            return (x_t - sig * out) / a, -sig / a
+        if kind == "v_prediction":
+            return a * x_t - sig * out, -sig
+        return out, np.ones_like(a)
+
     def targets(self, x_t: np.ndarray, t: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
         """f_target(x_s, s) for x_s = teacher_step(x_t, t -> s); no gradient."""
         x_s = self.teacher_step(x_t, t, s, y)
-        a_s, sig_s, skip_s, out_s = self._coefficients(s)
-        eps_s = self.run_target(x_s, s, y)
-        return skip_s * x_s + out_s * (x_s - sig_s * eps_s) / a_s
+        _, _, skip_s, out_s = self._coefficients(s)
+        x0_s, _ = self.x0_hat(self.run_target(x_s, s, y), x_s, s)
+        return skip_s * x_s + out_s * x0_s
 
-    def consistency_loss(self, eps: np.ndarray, x_t: np.ndarray, t: np.ndarray, target: np.ndarray):
-        """(loss, d loss / d eps) for the student's epsilon output."""
+    def consistency_loss(self, out: np.ndarray, x_t: np.ndarray, t: np.ndarray, target: np.ndarray):
+        """(loss, d loss / d out) for the student's UNet output. An epsilon
+        student's loss is weighted by min(1, sqrt(SNR(t))), which keeps every
+        timestep's gradient on the epsilon scale; a v or sample student's
+        x0 error needs no weight (its d x0 / d out is at most 1)."""
         a_t, sig_t, skip_t, out_t = self._coefficients(t)
-        pred = skip_t * x_t + out_t * (x_t - sig_t * eps) / a_t
+        x0, d_x0 = self.x0_hat(out, x_t, t)
+        pred = skip_t * x_t + out_t * x0
         diff = pred - target                                         # (B, C, H, W)
         B, D = len(diff), diff[0].size
         rms2 = np.mean(diff.reshape(B, -1).astype(np.float64) ** 2, axis=1)
         root = np.sqrt(rms2 + self.cfg.huber_c ** 2)
-        weight = np.minimum(1.0, (a_t / sig_t).reshape(-1).astype(np.float64))
+        weight = (np.minimum(1.0, (a_t / sig_t).reshape(-1).astype(np.float64))
+                  if self.cfg.prediction_type == "epsilon" else np.ones(B))
         loss = float(np.mean(weight * (root - self.cfg.huber_c)))
         d_pred = diff * (weight / (B * D * root)).astype(np.float32).reshape(-1, 1, 1, 1)
-        d_eps = d_pred * (-out_t * sig_t / a_t)
-        return loss, d_eps.astype(eps.dtype, copy=False)
+        d_out = d_pred * (out_t * d_x0)
+        return loss, d_out.astype(out.dtype, copy=False)
 
     def train_step(self, images: np.ndarray, labels: np.ndarray) -> dict:
         cfg = self.cfg
@@ -203,9 +236,9 @@ class Distiller(Trainer):
         target = self.targets(x_t, t, s, y)
 
         self.model.zero_grad()
-        eps = self.model(x_t, t, y)
-        loss, d_eps = self.consistency_loss(eps, x_t, t, target)
-        self.model.backward(d_eps)
+        out = self.model(x_t, t, y)
+        loss, d_out = self.consistency_loss(out, x_t, t, target)
+        self.model.backward(d_out)
         grad_norm = clip_grad_norm(self.params, cfg.grad_clip)
         self.opt.lr = lr_at(self.step, cfg.lr, cfg.warmup, cfg.steps)
         self.opt.step()

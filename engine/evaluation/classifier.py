@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import paths
-from ..io import WeightsError, load_weights_into, read_json, save_safetensors
+from ..io import MAX_MODEL_PARAMETERS, WeightsError, check_weights, load_weights_into, read_json, save_safetensors
 from ..io.data import NUM_CLASSES, DataError, load_mnist
 from ..nn import runtime
 from ..nn.layers import Conv2d, GroupNorm, Linear, SiLU
@@ -57,17 +58,48 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierConfig":
+        """Types and ranges checked, and the model's size (MAX_MODEL_PARAMETERS),
+        before anything is built; keys other than the fields (the training
+        record, metrics) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
         cfg = cls(**kwargs)
-        if len(cfg.channels) != 4 or any(int(c) <= 0 or c % cfg.norm_num_groups for c in cfg.channels[:3]):
+        for name in ("feature_dim", "norm_num_groups", "num_classes"):
+            if not _positive_int(getattr(cfg, name)):
+                raise ValueError(f"{name} must be a positive int, got {getattr(cfg, name)!r}")
+        if not (isinstance(cfg.channels, tuple) and len(cfg.channels) == 4 and all(map(_positive_int, cfg.channels))
+                and not any(c % cfg.norm_num_groups for c in cfg.channels[:3])):
             raise ValueError(f"channels must be 4 positive ints, the first 3 multiples of "
                              f"norm_num_groups={cfg.norm_num_groups}; got {cfg.channels}")
+        n = sum(math.prod(s) for s in parameter_shapes(cfg).values())
+        if n > MAX_MODEL_PARAMETERS:
+            raise ValueError(f"the config describes a classifier of {n:,} parameters, over this engine's bound "
+                             f"of {MAX_MODEL_PARAMETERS:,}")
         return cfg
 
     def to_dict(self) -> dict:
         return {"_class_name": "DigitClassifier", **{k: (list(v) if isinstance(v, tuple) else v)
                                                      for k, v in dataclasses.asdict(self).items()}}
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def parameter_shapes(c: ClassifierConfig) -> dict[str, tuple[int, ...]]:
+    """name -> shape of DigitClassifier(c)'s parameters, in its order, without
+    building it (mirrors its __init__): what the weights file is checked
+    against before anything is allocated."""
+    c0, c1, c2, c3 = c.channels
+    outs = [c0, c1, c1, c2, c2, c3]
+    shapes = {}
+    for i, (inp, out) in enumerate(zip([1] + outs[:-1], outs)):
+        shapes[f"convs.{i}.weight"], shapes[f"convs.{i}.bias"] = (out, inp, 3, 3), (out,)
+    for i, out in enumerate(outs[:-1]):
+        shapes[f"norms.{i}.weight"], shapes[f"norms.{i}.bias"] = (out,), (out,)
+    shapes["fc.weight"], shapes["fc.bias"] = (c.feature_dim, 16 * c3), (c.feature_dim,)
+    shapes["head.weight"], shapes["head.bias"] = (c.num_classes, c.feature_dim), (c.num_classes,)
+    return shapes
 
 
 class DigitClassifier(Module):
@@ -190,7 +222,9 @@ def load_classifier(folder: str | Path = DEFAULT_FOLDER) -> tuple[DigitClassifie
         config = ClassifierConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"classifier config {folder / CONFIG_NAME} is invalid: {e}") from None
-    model = load_weights_into(DigitClassifier(config), folder / WEIGHTS_NAME, "classifier weights")
+    path = folder / WEIGHTS_NAME
+    header = check_weights(path, parameter_shapes(config), "classifier weights")  # before the model is built
+    model = load_weights_into(DigitClassifier(config), path, "classifier weights", header=header)
     return model.eval(), raw
 
 

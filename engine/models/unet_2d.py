@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from ..io.weights import WeightsError, load_weights_into, read_json, save_safetensors
+from ..io.weights import (MAX_MODEL_PARAMETERS, WeightsError, check_weights, load_weights_into, read_json,
+                          save_safetensors)
 
 from ..nn.embeddings import TimestepEmbedding, Timesteps
 from ..nn.layers import Conv2d, Embedding, GroupNorm
@@ -27,8 +30,11 @@ DIFFUSERS_VERSION = "0.42.1"  # the diffusers release our parity fixtures were m
 
 @dataclass
 class UNet2DConfig:
-    """diffusers.UNet2DModel's config fields, with its defaults. Values this
-    engine does not implement are rejected by `validate`."""
+    """diffusers.UNet2DModel's config fields, with its defaults. `validate`
+    rejects values of the wrong type or out of range (_FIELD_RULES), values
+    this engine does not implement, and models over MAX_MODEL_PARAMETERS
+    (diffusers' default sizes, a 274 M-parameter model, among them: a config
+    says its sizes)."""
 
     sample_size: int | None = None
     in_channels: int = 3
@@ -88,34 +94,225 @@ class UNet2DConfig:
         return {"_class_name": "UNet2DModel", **d}
 
     def validate(self) -> None:
-        def unsupported(name, allowed):
+        """Every field's type and range, then what the fields must agree on,
+        then the size of the model they describe: all before anything is
+        allocated. Raises ValueError naming the field, its value and what
+        is allowed."""
+        for name, (rule, optional) in _FIELD_RULES.items():
             value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"UNet2DModel config: {name}={value!r} is not supported (supported: {allowed})")
+            if not (value is None and optional) and not rule.ok(value):
+                shown = list(value) if isinstance(value, tuple) else value  # as config.json writes it
+                raise ValueError(f"UNet2DModel config: {name}={shown!r} is not allowed: it must be "
+                                 f"{rule.says}{' or null' if optional else ''}")
+        self._check_consistency()
+        n = parameter_count(self)
+        if n > MAX_MODEL_PARAMETERS:
+            raise ValueError(f"UNet2DModel config describes a model of {n:,} parameters ({n * 4 / 1e6:,.0f} MB), "
+                             f"over this engine's bound of {MAX_MODEL_PARAMETERS:,} "
+                             f"({MAX_MODEL_PARAMETERS * 4 / 1e6:,.0f} MB)")
 
-        unsupported("time_embedding_type", ["positional"])
-        unsupported("downsample_type", ["conv"])
-        unsupported("upsample_type", ["conv"])
-        unsupported("act_fn", ["silu", "swish"])
-        unsupported("resnet_time_scale_shift", ["default"])
-        unsupported("class_embed_type", [None])
-        unsupported("mid_block_type", ["UNetMidBlock2D", None])
-        unsupported("center_input_sample", [False, True])
-        unsupported("downsample_padding", [1])
-        n = len(self.block_out_channels)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError("UNet2DModel config: block_out_channels, down_block_types and up_block_types "
-                             "must have the same length")
-        for t in self.down_block_types:
-            if t not in DOWN_BLOCKS:
-                raise ValueError(f"UNet2DModel config: down block {t!r} not supported ({sorted(DOWN_BLOCKS)})")
-        for t in self.up_block_types:
-            if t not in UP_BLOCKS:
-                raise ValueError(f"UNet2DModel config: up block {t!r} not supported ({sorted(UP_BLOCKS)})")
-        for c in self.block_out_channels:
+    def _check_consistency(self) -> None:
+        def fail(message):
+            return ValueError(f"UNet2DModel config: {message}")
+
+        ch = self.block_out_channels
+        if len(self.down_block_types) != len(ch) or len(self.up_block_types) != len(ch):
+            raise fail("block_out_channels, down_block_types and up_block_types must have the same length")
+        for c in ch:
             if c % self.norm_num_groups:
-                raise ValueError(f"UNet2DModel config: {c} channels do not split into "
-                                 f"norm_num_groups={self.norm_num_groups} groups")
+                raise fail(f"{c} channels do not split into norm_num_groups={self.norm_num_groups} groups")
+        for where, channels in _attention_channels(self):
+            if self.attention_head_dim is not None and self.attention_head_dim > channels:
+                raise fail(f"attention_head_dim={self.attention_head_dim} is more than the {channels} channels "
+                           f"of {where}: its attention would have no heads")
+        if self.mid_block_type is not None and self.add_attention:
+            groups = self.attn_norm_num_groups or self.norm_num_groups
+            if ch[-1] % groups:
+                raise fail(f"the mid block's {ch[-1]} channels do not split into attn_norm_num_groups={groups} groups")
+        if self.freq_shift >= ch[0] // 2:
+            raise fail(f"freq_shift={self.freq_shift} must be less than block_out_channels[0] // 2 = {ch[0] // 2} "
+                       f"(the timestep sinusoids divide by their difference)")
+        step = 2 ** (len(ch) - 1)  # every block but the last halves the sample; the up blocks double it back
+        if self.sample_size is not None and self.sample_size % step:
+            raise fail(f"sample_size={self.sample_size} must be a multiple of {step} for {len(ch)} blocks "
+                       f"(the skip connections would not line up)")
+
+
+# -- what a config may hold ---------------------------------------------------------
+# Bounds on config values: generous for MNIST (the shipped model: 3 blocks of
+# up to 64 channels, 2 layers each, 11 classes), and small enough that the
+# model they describe is sized (MAX_MODEL_PARAMETERS) before it is built.
+MAX_BLOCKS = 8                 # each block but the last halves the sample
+MAX_BLOCK_CHANNELS = 4096      # MNIST: 64; Stable Diffusion's UNet: 1280
+MAX_LAYERS_PER_BLOCK = 16      # diffusers' models use 1-3
+MAX_IO_CHANNELS = 64           # image or latent channels (MNIST: 1)
+MAX_SAMPLE_SIZE = 256          # the side of a generated image (MNIST: 28)
+MAX_CLASS_EMBEDS = 100_000     # classes (MNIST: 10 + the null class)
+MAX_TIME_EMBEDDING_DIM = 4 * MAX_BLOCK_CHANNELS  # diffusers' default is 4 x block_out_channels[0]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+    return _is_int(v) or (isinstance(v, (float, np.floating)) and math.isfinite(v))
+
+
+@dataclass(frozen=True)
+class _Rule:
+    ok: Callable[[object], bool]
+    says: str                      # what it allows, for the error message
+
+
+def _int(lo: int, hi: int | None = None) -> _Rule:
+    return _Rule(lambda v: _is_int(v) and lo <= v and (hi is None or v <= hi),
+                 f"an int in {lo}..{hi}" if hi is not None else f"an int >= {lo}")
+
+
+def _number(says: str, within: Callable[[float], bool]) -> _Rule:
+    return _Rule(lambda v: _is_number(v) and within(v), f"a finite number {says}")
+
+
+def _one_of(*allowed) -> _Rule:
+    # by type too: True == 1, but `downsample_padding: true` is not padding 1
+    return _Rule(lambda v: any(type(v) is type(a) and v == a for a in allowed), f"one of {list(allowed)}")
+
+
+def _names(allowed: dict) -> _Rule:
+    return _Rule(lambda v: isinstance(v, (tuple, list)) and 1 <= len(v) <= MAX_BLOCKS
+                 and all(isinstance(t, str) and t in allowed for t in v),
+                 f"a list of 1..{MAX_BLOCKS} of {sorted(allowed)}")
+
+
+_BOOL = _one_of(False, True)
+_CHANNELS = _int(1, MAX_BLOCK_CHANNELS)
+_FIELD_RULES: dict[str, tuple[_Rule, bool]] = {  # name -> (rule, may be null)
+    "sample_size": (_int(1, MAX_SAMPLE_SIZE), True),
+    "in_channels": (_int(1, MAX_IO_CHANNELS), False),
+    "out_channels": (_int(1, MAX_IO_CHANNELS), False),
+    "center_input_sample": (_BOOL, False),
+    "time_embedding_type": (_one_of("positional"), False),
+    "time_embedding_dim": (_int(1, MAX_TIME_EMBEDDING_DIM), True),
+    "freq_shift": (_int(0, MAX_BLOCK_CHANNELS // 2 - 1), False),
+    "flip_sin_to_cos": (_BOOL, False),
+    "down_block_types": (_names(DOWN_BLOCKS), False),
+    "mid_block_type": (_one_of("UNetMidBlock2D"), True),
+    "up_block_types": (_names(UP_BLOCKS), False),
+    "block_out_channels": (_Rule(lambda v: isinstance(v, (tuple, list)) and 1 <= len(v) <= MAX_BLOCKS
+                                 and all(_CHANNELS.ok(c) for c in v),
+                                 f"a list of 1..{MAX_BLOCKS} ints, each in 1..{MAX_BLOCK_CHANNELS}"), False),
+    "layers_per_block": (_int(1, MAX_LAYERS_PER_BLOCK), False),
+    "mid_block_scale_factor": (_number("> 0", lambda v: v > 0), False),
+    "downsample_padding": (_one_of(1), False),
+    "downsample_type": (_one_of("conv"), False),
+    "upsample_type": (_one_of("conv"), False),
+    "dropout": (_number("in [0, 1)", lambda v: 0 <= v < 1), False),
+    "act_fn": (_one_of("silu", "swish"), False),
+    "attention_head_dim": (_CHANNELS, True),
+    "norm_num_groups": (_CHANNELS, False),
+    "attn_norm_num_groups": (_CHANNELS, True),
+    "norm_eps": (_number("> 0 and <= 1", lambda v: 0 < v <= 1), False),
+    "resnet_time_scale_shift": (_one_of("default"), False),
+    "add_attention": (_BOOL, False),
+    "class_embed_type": (_Rule(lambda v: v is None, "null (only num_class_embeds' lookup table is implemented)"),
+                         False),
+    "num_class_embeds": (_int(1, MAX_CLASS_EMBEDS), True),
+    "num_train_timesteps": (_int(1), True),  # diffusers' learned time embedding; unused here, allocates nothing
+}
+
+
+# -- the model's parameters, from its config alone -----------------------------------
+def _attention_channels(c: UNet2DConfig):
+    """(where, channels) of every attention layer the config builds."""
+    for i, t in enumerate(c.down_block_types):
+        if t.startswith("Attn"):
+            yield f"down block {i} ({t})", c.block_out_channels[i]
+    for i, t in enumerate(c.up_block_types):
+        if t.startswith("Attn"):
+            yield f"up block {i} ({t})", c.block_out_channels[::-1][i]
+    if c.mid_block_type is not None and c.add_attention:
+        yield "the mid block", c.block_out_channels[-1]
+
+
+def parameter_shapes(c: UNet2DConfig) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every parameter UNet2DModel(c) has, in its order,
+    without building it: what weights files are checked against before the
+    model is allocated, and what sizes a config before it is accepted.
+    Mirrors UNet2DModel.__init__ (tests/test_weights_loading.py holds the two
+    to each other). `c`'s fields must have passed their type checks."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    ch = list(c.block_out_channels)
+    temb = c.time_embedding_dim or ch[0] * 4
+
+    def linear(name, i, o):
+        shapes[name + ".weight"], shapes[name + ".bias"] = (o, i), (o,)
+
+    def conv(name, i, o, k=3):
+        shapes[name + ".weight"], shapes[name + ".bias"] = (o, i, k, k), (o,)
+
+    def norm(name, n):
+        shapes[name + ".weight"], shapes[name + ".bias"] = (n,), (n,)
+
+    def resnet(name, i, o):
+        norm(name + ".norm1", i)
+        conv(name + ".conv1", i, o)
+        linear(name + ".time_emb_proj", temb, o)
+        norm(name + ".norm2", o)
+        conv(name + ".conv2", o, o)
+        if i != o:
+            conv(name + ".conv_shortcut", i, o, 1)
+
+    def attention(name, n, head_dim):
+        inner = (n // head_dim) * head_dim
+        norm(name + ".group_norm", n)
+        for proj in ("to_q", "to_k", "to_v"):
+            linear(f"{name}.{proj}", n, inner)
+        linear(name + ".to_out.0", inner, n)
+
+    conv("conv_in", c.in_channels, ch[0])
+    linear("time_embedding.linear_1", ch[0], temb)
+    linear("time_embedding.linear_2", temb, temb)
+    if c.num_class_embeds:
+        shapes["class_embedding.weight"] = (c.num_class_embeds, temb)
+    head = c.attention_head_dim
+    out = ch[0]
+    for i, t in enumerate(c.down_block_types):
+        inp, out = out, ch[i]
+        name = f"down_blocks.{i}"
+        for j in range(c.layers_per_block):
+            resnet(f"{name}.resnets.{j}", inp if j == 0 else out, out)
+        if t.startswith("Attn"):
+            for j in range(c.layers_per_block):
+                attention(f"{name}.attentions.{j}", out, head or out)
+        if i < len(ch) - 1:
+            conv(f"{name}.downsamplers.0.conv", out, out)
+    if c.mid_block_type is not None:
+        resnet("mid_block.resnets.0", ch[-1], ch[-1])
+        resnet("mid_block.resnets.1", ch[-1], ch[-1])
+        if c.add_attention:
+            attention("mid_block.attentions.0", ch[-1], head or ch[-1])
+    rev = ch[::-1]
+    out = rev[0]
+    n = c.layers_per_block + 1
+    for i, t in enumerate(c.up_block_types):
+        prev, out = out, rev[i]
+        inp = rev[min(i + 1, len(ch) - 1)]
+        name = f"up_blocks.{i}"
+        for j in range(n):
+            resnet(f"{name}.resnets.{j}", (prev if j == 0 else out) + (inp if j == n - 1 else out), out)
+        if t.startswith("Attn"):
+            for j in range(n):
+                attention(f"{name}.attentions.{j}", out, head or out)
+        if i < len(ch) - 1:
+            conv(f"{name}.upsamplers.0.conv", out, out)
+    norm("conv_norm_out", ch[0])
+    conv("conv_out", ch[0], c.out_channels)
+    return shapes
+
+
+def parameter_count(c: UNet2DConfig) -> int:
+    return sum(math.prod(s) for s in parameter_shapes(c).values())
 
 
 class UNet2DModel(Module):
@@ -186,7 +383,9 @@ class UNet2DModel(Module):
             config = UNet2DConfig.from_dict(raw)
         except (TypeError, ValueError) as e:
             raise WeightsError(f"model config {folder / CONFIG_NAME} is invalid: {e}") from None
-        return load_weights_into(cls(config), folder / WEIGHTS_NAME).eval()
+        # the file's header against the config's shapes before the model is allocated
+        header = check_weights(folder / WEIGHTS_NAME, parameter_shapes(config))
+        return load_weights_into(cls(config), folder / WEIGHTS_NAME, header=header).eval()
 
     def save_pretrained(self, folder: str | Path, state: dict[str, np.ndarray] | None = None) -> Path:
         """Write config.json and the safetensors weights (float32). `state`

@@ -75,6 +75,12 @@ def cmd_distill(argv) -> int:
     return main(argv)
 
 
+def cmd_distill_onestep(argv) -> int:
+    from engine.training.onestep import main
+
+    return main(argv)
+
+
 def cmd_eval(argv) -> int:
     from engine.evaluation.evaluate import main
 
@@ -131,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("train", "train the diffusion model (python -m engine.training.train)"),
                            ("distill", "distill it into a few-step model (python -m engine.training.distill)"),
+                           ("distill-onestep", "distill it into a one-step model (python -m engine.training.onestep)"),
                            ("eval", "score generated digits with the in-project classifier"),
                            ("bench", "benchmarks: digitgen bench {engine,service,ablation} [options]")):
         sub.add_parser(name, help=helptext, add_help=False)
@@ -139,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "bench": cmd_bench}
+    passthrough = {"train": cmd_train, "distill": cmd_distill, "distill-onestep": cmd_distill_onestep,
+                   "eval": cmd_eval, "bench": cmd_bench}
     if argv and argv[0] in passthrough:  # these parse their own options
         return passthrough[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)

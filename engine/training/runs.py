@@ -36,7 +36,7 @@ def build_parser(prog: str, description: str, config_cls) -> argparse.ArgumentPa
     return p
 
 
-def run_config(args: argparse.Namespace, config_cls, kind: str):
+def run_config(args: argparse.Namespace, config_cls, kind: str, require_data: bool = True):
     """(config, checkpoint metadata or None, checkpoint path): a new run from
     the options, or with --resume the saved run's config with the RESUMABLE
     options applied. `kind` ("train" or "distill") must match the checkpoint's."""
@@ -45,7 +45,7 @@ def run_config(args: argparse.Namespace, config_cls, kind: str):
     if not args.resume:
         if ckpt.exists():
             raise RunError(f"{ckpt} exists; pass --resume to continue it or choose another --out")
-        if "data" not in given:
+        if require_data and not given.get("data"):
             raise RunError("--data is required")
         return config_cls(**given), None, ckpt
     if not ckpt.is_file():

@@ -213,3 +213,46 @@ def test_a_second_run_starts_from_the_first_student(setup, tmp_path, capsys):
     # a diffusion model is a teacher, not a student to continue
     assert main(args(setup, tmp_path / "bad", "--steps", "1", "--init", str(setup / "teacher"))) == 2
     assert "not a consistency student" in capsys.readouterr().err
+
+
+# -- the one-step student (engine/training/onestep.py) ----------------------------------
+def onestep_args(d: Path, out: Path, *extra) -> list[str]:
+    return ["--teacher", str(d / "teacher"), "--out", str(out), "--pairs", "70", "--batch-size", "8",
+            "--warmup", "2", "--lr", "1e-3", "--sample-seeds", "0", "--log-every", "1", "--no-progress", *extra]
+
+
+def test_onestep_pairs_are_the_teachers_own_samples_and_resume_by_chunk(setup, tmp_path):
+    from engine.training.onestep import CHUNK, PAIR_SEEDS, load_pairs, make_pairs, start_noise
+    teacher = DigitPipeline.from_pretrained(setup / "teacher")
+    make_pairs(teacher, tmp_path, 70, log=lambda m: None)
+    first = (tmp_path / "pairs" / "chunk_00000.safetensors").stat().st_mtime_ns
+    make_pairs(teacher, tmp_path, 70, log=lambda m: None)        # nothing to redo
+    assert (tmp_path / "pairs" / "chunk_00000.safetensors").stat().st_mtime_ns == first
+    seeds, labels, x0 = load_pairs(tmp_path, 70)
+    assert len(seeds) == 70 and -(-70 // CHUNK) == 2 and seeds[0] == PAIR_SEEDS and labels[13] == 3
+    np.testing.assert_array_equal(x0[13], teacher.generate([3], [PAIR_SEEDS + 13])[0])
+    # the student sees the very noise the teacher started from
+    np.testing.assert_array_equal(start_noise(seeds[:2], (1, 28, 28))[1], teacher.trajectory(1, int(seeds[1])).sample[0])
+
+
+def test_onestep_student_resumes_exactly_and_exports_for_one_lcm_step(setup, tmp_path):
+    from engine.training.onestep import main as onestep_main
+    assert onestep_main(onestep_args(setup, tmp_path / "full", "--steps", "4")) == 0
+    assert onestep_main(onestep_args(setup, tmp_path / "split", "--steps", "4", "--stop-after", "2")) == 0
+    assert onestep_main(["--resume", "--out", str(tmp_path / "split"), "--no-progress"]) == 0
+    a, b = checkpoint(tmp_path / "full"), checkpoint(tmp_path / "split")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    folder = tmp_path / "full" / "pipeline"
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert (sched["_class_name"], sched["prediction_type"]) == ("LCMScheduler", "v_prediction")
+    pipe = DigitPipeline.from_pretrained(folder)
+    assert (pipe.defaults.scheduler, pipe.defaults.num_inference_steps, pipe.samplers) == ("lcm", 1, ("lcm", "tcd"))
+    images = pipe.generate([3, 4], [0, 1])
+    assert images.shape == (2, 1, 28, 28) and np.all(np.abs(images) <= 1)
+
+
+def test_onestep_refuses_an_epsilon_student(setup, tmp_path, capsys):
+    from engine.training.onestep import main as onestep_main
+    assert onestep_main(onestep_args(setup, tmp_path, "--prediction-type", "epsilon")) == 2
+    assert "needs prediction_type v_prediction or sample" in capsys.readouterr().err

@@ -1,4 +1,6 @@
-"""Service settings, read from DIGITGEN_* environment variables.
+"""Service settings, read from DIGITGEN_* environment variables, each with
+its default and its range written once (`RANGES`); a value out of range, or
+malformed, stops start-up with one line that names the variable.
 
     DIGITGEN_WEIGHTS        weights folder (default: weights/ next to the package)
     DIGITGEN_HOST           bind address for `serve` (default 127.0.0.1)
@@ -16,12 +18,18 @@
     DIGITGEN_BODY_TIMEOUT_S seconds a request body may take to arrive, else 408 (default 10)
     DIGITGEN_HEADER_TIMEOUT_S seconds a request line + headers may take to arrive, else 408 and the
                             connection closes (default 10; `serve` only: it is uvicorn's protocol)
-    DIGITGEN_MAX_CONNECTIONS concurrent connections `serve` accepts before answering 503 (default 200)
+    DIGITGEN_SEND_TIMEOUT_S seconds a client may read nothing of a response before it is dropped (default 30)
+    DIGITGEN_MAX_CONNECTIONS requests `serve` serves at once before answering 503; the probes and /metrics
+                            are always answered (default 200)
+    DIGITGEN_MAX_IDLE_CONNECTIONS connections waiting for a request (new, slow or kept alive) past which the
+                            oldest is closed (default 1000, at most a quarter of the open-file limit)
     DIGITGEN_API_KEYS       comma-separated API keys; when set (or DIGITGEN_API_KEYS_FILE, one key a line)
-                            every endpoint but the probes, metrics and page needs Authorization: Bearer <key>
+                            every endpoint but the probes, metrics, page and docs needs Authorization: Bearer <key>
     DIGITGEN_RATE_LIMIT     requests a second per client (API key, else address); 0 = off (default)
     DIGITGEN_RATE_BURST     requests a client may send at once before the rate applies (default 20)
     DIGITGEN_CORS_ORIGINS   comma-separated origins allowed to call the API from a browser (default: none)
+    DIGITGEN_ALLOWED_HOSTS  comma-separated names the Host header may carry, or * for any (default: the
+                            loopback names when bound to loopback or a named address; * on 0.0.0.0 / ::)
     DIGITGEN_DEFAULT_MODEL  base or fast: the model a request without `model` gets (default: fast when
                             WEIGHTS/fast is there, else base)
 """
@@ -34,10 +42,34 @@ from pathlib import Path
 
 from engine import paths
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 class ConfigError(ValueError):
     """A setting is malformed; the message names the variable."""
+
+
+# setting -> (lowest, highest) it may be; None: no bound on that side
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "port": (0, 65535),
+    "max_batch": (1, 1024),
+    "max_queue": (0, 100_000),
+    "deadline_s": (1, 86_400),
+    "graceful_s": (0, 3_600),
+    "threads": (0, 256),
+    "max_body_bytes": (1024, 64 * 2**20),
+    "body_timeout_s": (1, 3_600),
+    "header_timeout_s": (1, 3_600),
+    "send_timeout_s": (1, 3_600),
+    "max_connections": (1, 100_000),
+    "max_idle_connections": (1, 1_000_000),
+    "max_request_rows": (1, 10**9),
+    "max_backlog_rows": (1, 10**10),
+    "max_gif_pixels": (28 * 28 * 2, 10**10),
+    "rate_limit": (0, 1e6),
+    "rate_burst": (1, 10**6),
+}
 
 
 @dataclass(frozen=True)
@@ -54,8 +86,11 @@ class Settings:
     max_body_bytes: int = 65536
     body_timeout_s: float = 10.0
     header_timeout_s: float = 10.0
+    send_timeout_s: float = 30.0
     cors_origins: str = ""
+    allowed_hosts: str = ""
     max_connections: int = 200
+    max_idle_connections: int = 1000
     max_request_rows: int = 8192
     max_backlog_rows: int = 32768
     max_gif_pixels: int = 50 * 512 * 512
@@ -66,19 +101,20 @@ class Settings:
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
-        checks = {"port": 0 <= self.port <= 65535, "max_batch": self.max_batch >= 1,
-                  "max_queue": self.max_queue >= 0, "deadline_s": self.deadline_s > 0,
-                  "graceful_s": self.graceful_s >= 0, "threads": self.threads >= 0,
-                  "default_model": self.default_model in ("", "base", "fast"),
-                  "max_body_bytes": self.max_body_bytes >= 0, "body_timeout_s": self.body_timeout_s > 0,
-                  "header_timeout_s": self.header_timeout_s > 0,
-                  "max_connections": self.max_connections >= 1, "max_request_rows": self.max_request_rows >= 1,
-                  "max_backlog_rows": self.max_backlog_rows >= self.max_request_rows,
-                  "max_gif_pixels": self.max_gif_pixels >= 28 * 28 * 2, "rate_limit": self.rate_limit >= 0,
-                  "rate_burst": self.rate_burst >= 1}
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range")
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise ConfigError(f"setting {name}={value!r} is out of range ({low:g} to {high:g})")
+        if self.default_model not in ("", *paths.MODEL_FOLDERS):
+            raise ConfigError(f"setting default_model={self.default_model!r} must be one of "
+                              f"{', '.join(paths.MODEL_FOLDERS)}")
+        if self.max_backlog_rows < self.max_request_rows:
+            raise ConfigError(f"setting max_backlog_rows={self.max_backlog_rows} is below max_request_rows="
+                              f"{self.max_request_rows}: no request of the largest allowed cost could be admitted")
+        for name in ("api_keys", "cors_origins", "allowed_hosts"):
+            raw = getattr(self, name)
+            if raw.strip() and not _items(raw):
+                raise ConfigError(f"setting {name}={raw!r} lists nothing: leave it unset, or give at least one")
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
@@ -86,13 +122,13 @@ class Settings:
         env = os.environ if env is None else env
         values: dict = {}
         for f in dataclasses.fields(cls):
-            var = f"DIGITGEN_{'GRACEFUL_S' if f.name == 'graceful_s' else f.name.upper()}"
+            var = f"DIGITGEN_{f.name.upper()}"
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            kind = type(f.default)
+            kind = Path if f.name == "weights" else type(f.default)
             try:
-                values[f.name] = Path(raw) if kind is type(paths.WEIGHTS) else kind(raw)
+                values[f.name] = kind(raw)
             except ValueError:
                 raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -103,18 +139,33 @@ class Settings:
 
     def api_key_list(self) -> tuple[str, ...]:
         """The keys from DIGITGEN_API_KEYS and DIGITGEN_API_KEYS_FILE (read now)."""
-        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        keys = list(_items(self.api_keys))
         if self.api_keys_file:
             try:
-                keys += [line.strip() for line in Path(self.api_keys_file).read_text().splitlines()
-                         if line.strip() and not line.startswith("#")]
+                lines = Path(self.api_keys_file).read_text().splitlines()
             except OSError as e:
                 raise ConfigError(f"DIGITGEN_API_KEYS_FILE={self.api_keys_file!r} cannot be read: {e}") from None
+            found = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+            if not found:
+                raise ConfigError(f"DIGITGEN_API_KEYS_FILE={self.api_keys_file!r} holds no key (one a line)")
+            keys += found
         return tuple(keys)
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:
-        return tuple(o.strip() for o in self.cors_origins.split(",") if o.strip())
+        return _items(self.cors_origins)
 
-    def replace(self, **changes) -> "Settings":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+    @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        """The names a Host header may carry: as configured, else the
+        loopback names (and the bound address), or any on a wildcard bind,
+        where the names a container is reached by cannot be known here."""
+        if self.allowed_hosts.strip():
+            return tuple(h.strip("[]").lower() for h in _items(self.allowed_hosts))
+        if self.host in WILDCARD_HOSTS:
+            return ("*",)
+        return tuple(dict.fromkeys((*LOOPBACK_NAMES, self.host.strip("[]").lower())))
+
+
+def _items(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())

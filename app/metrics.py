@@ -1,7 +1,7 @@
 """Prometheus text exposition (format 0.0.4), written by hand: counters,
 gauges and histograms with labels, one lock for all of them (the engine
-thread and the event loop both update them), plus the ASGI middleware that
-counts requests by route template and status."""
+thread and the event loop both update them). Requests are counted by the
+edge (app/edge.py), by route and status."""
 from __future__ import annotations
 
 import bisect
@@ -12,7 +12,6 @@ import time
 from collections import deque
 from typing import Callable
 
-from .http import GENERATION_ROUTES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -171,31 +170,3 @@ class ServiceMetrics:
 
     def render(self) -> str:
         return self.registry.render()
-
-
-class MetricsMiddleware:
-    """Pure ASGI (BaseHTTPMiddleware would buffer the event streams). The
-    route label is the matched template ("/generate"), never the raw path, so
-    unknown URLs cannot blow up the label set; a generation request refused
-    before routing is labelled with its (fixed) path all the same."""
-
-    def __init__(self, app, metrics: ServiceMetrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
-
-        async def send_and_record(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or \
-                (scope["path"] if (scope["method"], scope["path"]) in GENERATION_ROUTES else "unmatched")
-            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)

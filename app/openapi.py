@@ -2,10 +2,9 @@
 
 FastAPI files an endpoint's extra responses under the endpoint's own media
 type, so the event stream's JSON errors would be documented as
-text/event-stream; here every error is documented as the JSON it is, with
-its real shape (a 422 lists its issues; other errors say what went wrong),
-and the models only referenced by hand (GenerateResult) are in the
-components."""
+text/event-stream; here every error is documented as what it is, one
+problem+json body (app/errors.py) whatever the status, and the models only
+referenced by hand (GenerateResult, the POST body) are in the components."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,41 +14,50 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
-from .schemas import GenerateResult, Problem, ValidationProblem
+from .schemas import GenerateBody, GenerateResult, ProblemBody
 
 WHY = {
+    400: "The request names another server (Host), or is malformed.",
     401: "An API key is required (when the server has keys): Authorization: Bearer <key>.",
     403: "A cross-origin request from an origin the server does not allow.",
     408: "The request body did not arrive in time.",
     413: "The request body is larger than the server takes.",
-    422: "A parameter is wrong: `detail` lists each, `message` names the field and its allowed values.",
+    415: "The body is compressed (Content-Encoding): send it as it is.",
+    422: "A parameter is wrong: `errors` lists each, `detail` names the field and its allowed values; a request "
+         "that could not finish within the deadline even alone is one too (code too_slow).",
     429: "This client sends too many requests (its own rate limit); see Retry-After.",
-    503: "Not ready, shutting down, or too much work admitted already; see Retry-After.",
+    503: "Not ready, shutting down, or too much work admitted already (code busy); see Retry-After.",
     504: "The request did not finish within the server's deadline.",
 }
+PROBLEM_MEDIA = "application/problem+json"
 
 
 def errors(*codes: int) -> dict:
-    """`responses=` entries for these error codes, each as JSON."""
-    return {code: {"description": WHY[code], "content": {"application/json": {"schema": {
-        "$ref": f"#/components/schemas/{(ValidationProblem if code == 422 else Problem).__name__}"}}}}
-        for code in codes}
+    """`responses=` entries for these error codes, each as a problem body."""
+    return {code: {"description": WHY[code], "content": {PROBLEM_MEDIA: {"schema": {
+        "$ref": f"#/components/schemas/{ProblemBody.__name__}"}}}} for code in codes}
 
 
-GENERATION_ERRORS = errors(401, 403, 408, 413, 422, 429, 503, 504)
-SERVICE_ERRORS = errors(401, 403, 429)
+GENERATION_ERRORS = errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504)
+SERVICE_ERRORS = errors(400, 401, 403, 429)
 
 
 def build_openapi(app) -> dict:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (GenerateResult, Problem, ValidationProblem):
+        for model in (GenerateResult, GenerateBody, ProblemBody):
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[model.__name__] = js
         components.pop("HTTPValidationError", None)  # FastAPI's own 422 shape: never sent here
         components.pop("ValidationError", None)
+        for path in schema.get("paths", {}).values():  # FastAPI adds its 422 to each operation: ours is above
+            for op in path.values():
+                if isinstance(op, dict) and "422" in op.get("responses", {}):
+                    content = op["responses"]["422"].get("content", {})
+                    if "application/json" in content and PROBLEM_MEDIA not in content:
+                        op["responses"]["422"] = errors(422)[422]
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -63,7 +71,7 @@ def add_docs(app) -> None:
     bundle fetches a logo from its own CDN whatever it is told.)"""
     app.mount("/docs-assets", StaticFiles(directory=DOC_ASSETS), name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
     async def swagger_ui():
         return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",

@@ -13,17 +13,28 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.io.images import gif_bytes, grid, png_bytes, to_image
 
+from . import memory
+
 T = TypeVar("T")
 
 # Work below this many pixels (two 112 px frames, ~0.5 ms to encode) runs on
 # the event loop: the hop to the thread pool and back costs more, up to the
 # interpreter's switch interval (5 ms) while the engine thread holds the GIL.
 INLINE_PIXELS = 2 * 112 * 112
+# After an encode of more than this many pixels (frames x width x height: a
+# 64-image grid at 512 px, a 50-frame GIF at 256 px) freed memory goes back
+# to the system (app/memory.py); below it the heap keeps it for the next one.
+RELEASE_PIXELS = 4 * 2**20
 
 
 async def off_loop(pixels: int, fn: Callable[..., T], *args) -> T:
     """fn(*args), in the thread pool unless it touches at most INLINE_PIXELS pixels."""
-    return fn(*args) if pixels <= INLINE_PIXELS else await run_in_threadpool(fn, *args)
+    if pixels <= INLINE_PIXELS:
+        return fn(*args)
+    out = await run_in_threadpool(fn, *args)
+    if pixels > RELEASE_PIXELS:
+        await run_in_threadpool(memory.release)
+    return out
 
 
 def png(sample: np.ndarray, size: int) -> bytes:

@@ -1,22 +1,22 @@
-"""Generation as the routes see it: build seeded trajectories, hand them to
-the batching worker as a Job, wait for the results while watching for the
-client going away, and turn worker failures into HTTP errors."""
+"""Generation as the routes see it: admit a resolved request, build its
+seeded trajectories, hand them to the batching worker, and wait for the
+results while watching for the client going away."""
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from engine.generation import Generation
 from engine.pipeline import DigitPipeline
 
 from .config import Settings
+from .errors import Problem
 from .metrics import ServiceMetrics
-from .request import Generation
-from .worker import (BatchWorker, DeadlineExceeded, EngineFailure, FailedEvent, ImageStep, Job, Overloaded,
-                     ShuttingDown)
+from .worker import BatchWorker, Cost, FailedEvent, ImageStep, Job, Pace
 
 
 class Service:
@@ -24,16 +24,11 @@ class Service:
     the one engine worker that runs them."""
 
     def __init__(self, pipes: dict[str, DigitPipeline], default_model: str, settings: Settings,
-                 metrics: ServiceMetrics, clock: Callable[[], float] = time.monotonic):
+                 metrics: ServiceMetrics, clock: Callable[[], float] = time.monotonic, pace: Pace | None = None):
         self.pipes, self.default_model = pipes, default_model
         self.settings, self.metrics, self.clock = settings, metrics, clock
         self.worker = BatchWorker(pipes, metrics, settings.max_batch, settings.max_queue, clock,
-                                  max_backlog_rows=settings.max_backlog_rows)
-
-    @property
-    def pipe(self) -> DigitPipeline:
-        """The default model's pipeline."""
-        return self.pipes[self.default_model]
+                                  max_backlog_rows=settings.max_backlog_rows, pace=pace)
 
     def run(self) -> None:
         self.worker.start()
@@ -49,17 +44,16 @@ class Service:
     def ready(self) -> bool:
         return self.worker.alive
 
-    async def start(self, gen: Generation, every: int = 0) -> Job:
-        """Admit the request by its cost (a 503 here costs nothing), then
+    async def start(self, gen: Generation) -> Job:
+        """Admit the request by its cost (a refusal here costs nothing), then
         build its seeded trajectories (scheduler tables, initial noise; off
         the event loop for more than one image) and hand them to the worker."""
         sm = gen.sampling
-        job = Job(gen.n, gen.n * sm.steps * sm.unet_rows, self.settings.deadline_s, every, self.clock, gen.model)
-        try:
-            self.worker.submit(job)
-        except (Overloaded, ShuttingDown) as e:
-            raise http_error(e) from None
-        pipe = self.pipes[gen.model]
+        admitted = self.worker.admit(Cost(gen.n, sm.steps, sm.unet_rows), self.settings.deadline_s, gen.model,
+                                     gen.every)
+        if isinstance(admitted, Problem):
+            raise admitted
+        job, pipe = admitted, self.pipes[gen.model]
         build = lambda: [pipe.start(sm, s) for s in gen.seeds]  # noqa: E731
         try:
             # one image (0.1-1 ms) is cheaper to build here than to hand to the thread pool and back
@@ -74,7 +68,8 @@ class Service:
     async def collect(self, request: Request, job: Job) -> list[ImageStep] | None:
         """Every event of the job up to its images' last steps, or None when
         the client disconnected first (the job is then cancelled: its
-        trajectories leave the batch before the next step)."""
+        trajectories leave the batch before the next step). A failure
+        raises its Problem."""
         async def events():
             out, finals = [], 0
             while finals < len(job.trajectories):
@@ -89,12 +84,7 @@ class Service:
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if work.done():
-                try:
-                    return work.result()
-                except (DeadlineExceeded, EngineFailure, ShuttingDown) as e:
-                    raise http_error(e) from None
-            return None
+            return work.result() if work.done() else None
         finally:
             gone.cancel()
             work.cancel()
@@ -106,17 +96,3 @@ async def _disconnected(request: Request) -> None:
     been read by then, so receive() only ever reports the disconnect."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def http_error(e: Exception) -> HTTPException:
-    if isinstance(e, Overloaded):
-        return HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)})
-    if isinstance(e, ShuttingDown):
-        return HTTPException(503, str(e), headers={"Retry-After": "5"})
-    if isinstance(e, DeadlineExceeded):
-        return HTTPException(504, str(e))
-    return HTTPException(500, str(e))
-
-
-def status_of(e: Exception) -> int:
-    return http_error(e).status_code

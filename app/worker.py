@@ -3,12 +3,15 @@
 Every in-flight trajectory (own label, timestep, scheduler state and seeded
 noise) joins the next `pipe.step` call of its model, which is one batched
 UNet forward; with two models loaded (base and fast) a step is one forward
-per model.
-New requests join between steps, finished, cancelled and expired ones leave,
-and at most `max_batch` trajectories ride in one forward (the rest wait,
-first come first served). The event loop never runs the engine: it hands a
-`Job` in with `submit` and reads results from the job's asyncio queue, which
-the worker fills with `loop.call_soon_threadsafe`.
+per model. New requests join between steps, finished, cancelled and expired
+ones leave, and at most `max_batch` trajectories ride in one forward.
+
+Admission is the worker's, decided once per request (`admit`): by the work
+already admitted, and by whether the request can finish within its deadline
+at the speed the engine is measured to run (`Pace`). The event loop never
+runs the engine: it gets a `Job` from `admit`, attaches its trajectories and
+reads results from the job's asyncio queue, which the worker fills with
+`loop.call_soon_threadsafe`.
 """
 from __future__ import annotations
 
@@ -21,33 +24,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from engine.pipeline import DigitPipeline, StepResult, Trajectory
 
+from . import memory
+from .errors import Problem
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("uvicorn.error.digitgen")
+RETRY_AFTER_MAX_S = 300
 
 
-class Overloaded(Exception):
-    """The admission queue is full: answer 503 at once."""
+@dataclass(frozen=True)
+class Cost:
+    """What a request will cost the engine: `images` trajectories of `steps`
+    steps, `rows_per_step` UNet rows each step (2 with guidance)."""
+    images: int
+    steps: int
+    rows_per_step: int
 
-    def __init__(self, retry_after: int):
-        super().__init__(f"the server is busy (queue full); retry in {retry_after} s")
-        self.retry_after = retry_after
-
-
-class DeadlineExceeded(Exception):
-    pass
-
-
-class ShuttingDown(Exception):
-    def __init__(self):
-        super().__init__("the server is shutting down")
-
-
-class EngineFailure(Exception):
-    pass
+    @property
+    def rows(self) -> int:
+        return self.images * self.steps * self.rows_per_step
 
 
 @dataclass(frozen=True)
@@ -60,21 +57,55 @@ class ImageStep:
 
 @dataclass(frozen=True)
 class FailedEvent:
-    error: Exception
+    error: Problem
+
+
+class Pace:
+    """How long one batched step takes: `latency_s + rows / rows_per_s`,
+    measured. Unknown until calibrated or pinned (then admission checks no
+    deadline). Steps of at least BIG rows refine the rate, steps of at most
+    SMALL rows the latency. A pinned pace (tests) never moves."""
+    BIG, SMALL = 32, 4
+
+    def __init__(self, rows_per_s: float | None = None, latency_s: float = 0.0, pinned: bool = False):
+        self.rows_per_s, self.latency_s, self.pinned = rows_per_s, latency_s, pinned
+
+    @property
+    def known(self) -> bool:
+        return bool(self.rows_per_s)
+
+    def seconds(self, rows: int) -> float:
+        return self.latency_s + rows / self.rows_per_s
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if self.pinned or not self.known:
+            return
+        if rows >= self.BIG:
+            self.rows_per_s = 0.8 * self.rows_per_s + 0.2 * rows / max(seconds - self.latency_s, 1e-6)
+        elif rows <= self.SMALL:
+            self.latency_s = 0.8 * self.latency_s + 0.2 * max(0.0, seconds - rows / self.rows_per_s)
+
+    def calibrate(self, forward: Callable[[int], None], big: int = BIG) -> None:
+        """Time forward(1) and forward(big) (each after a warm-up run)."""
+        times = {}
+        for rows in (1, big):
+            forward(rows)
+            t0 = time.perf_counter()
+            forward(rows)
+            times[rows] = time.perf_counter() - t0
+        self.rows_per_s = (big - 1) / max(times[big] - times[1], 1e-6)
+        self.latency_s = max(0.0, times[1] - 1 / self.rows_per_s)
 
 
 class Job:
-    """One request: n trajectories and the queue its events arrive on.
-    Create it on the event loop thread (the asyncio queue belongs there).
+    """One admitted request: its trajectories and the queue its events
+    arrive on. Made by `BatchWorker.admit` on the event loop thread (the
+    asyncio queue belongs there), before its trajectories exist, so a refusal
+    costs nothing; `attach` then hands them over and the job joins the batch."""
 
-    A job is admitted (BatchWorker.submit) with what it will cost, `images`
-    and `rows`, before its trajectories exist, so a refusal costs nothing;
-    `attach` then hands them over and the job joins the batch."""
-
-    def __init__(self, images: int, rows: int, deadline_s: float, every: int = 0,
-                 clock: Callable[[], float] = time.monotonic, model: str = "base"):
+    def __init__(self, cost: Cost, deadline_s: float, every: int, clock: Callable[[], float], model: str):
+        self.cost = cost
         self.trajectories: list[Trajectory] = []
-        self.images, self.rows = images, rows
         self.x_T = None                     # the first image's starting noise, set before attach
         self.model = model                  # which loaded model's pipeline steps them
         self.every = every                  # 0: last steps only; k: every k-th step and the last
@@ -87,12 +118,19 @@ class Job:
         self.started: float | None = None  # when its first trajectory joined the batch
         self.cancel_reason: str | None = None
         # worker-thread bookkeeping
-        self.remaining = images
+        self.remaining = cost.images
         self.ended = False
 
     @property
     def finished(self) -> bool:
         return self.remaining == 0
+
+    @property
+    def rows_left(self) -> int:
+        """UNet rows it still needs (all it asked for until its trajectories are attached)."""
+        if not self.trajectories:
+            return self.cost.rows
+        return sum((t.steps - t.index) * t.sampling.unet_rows for t in self.trajectories)
 
     def cancel(self, reason: str = "disconnect") -> None:
         """Thread-safe: the worker drops the job before its next step."""
@@ -106,7 +144,7 @@ class Job:
         try:
             return await asyncio.wait_for(self.events.get(), timeout)
         except TimeoutError:
-            raise EngineFailure("the engine worker stopped responding") from None
+            raise Problem.engine_failure("the engine worker stopped responding") from None
 
     def _post(self, event) -> None:
         try:
@@ -118,27 +156,29 @@ class Job:
 class BatchWorker:
     """Runs every admitted job's trajectories, a batch per model per step.
 
-    Admission is by work: a job is refused (503) when the images it would
-    add beyond one batch exceed `max_queue`, or when the UNet rows still to
-    run, its own included, exceed `max_backlog_rows`. Once admitted, a job
-    is in the running: every step the batch's `max_batch` places are dealt
-    out round-robin over the jobs in arrival order, one trajectory each per
-    round, so a light request rides every step however many images a heavy
-    one asked for; its latency is bounded by its own steps, not by the
-    others' work. (A trajectory that misses a step just waits: its result
-    does not depend on when it runs.)"""
+    A job is refused (`admit` returns a Problem) when the images it would add
+    beyond one batch exceed `max_queue`, when the UNet rows still to run, its
+    own included, exceed `max_backlog_rows`, or when at the measured pace it
+    could not finish within its deadline: alone (a 422: no wait would help)
+    or behind the work already admitted (a 503 whose Retry-After is when it
+    would fit). Once admitted, a job is in the running: every step the
+    batch's `max_batch` places are dealt out round-robin over the jobs in
+    arrival order, one trajectory each per round, so a light request rides
+    every step however many images a heavy one asked for. (A trajectory that
+    misses a step just waits: its result does not depend on when it runs.)"""
 
     def __init__(self, pipes: dict[str, DigitPipeline], metrics: ServiceMetrics, max_batch: int = 64,
                  max_queue: int = 256, clock: Callable[[], float] = time.monotonic,
-                 max_backlog_rows: int = 1 << 62):
+                 max_backlog_rows: int = 1 << 62, pace: Pace | None = None):
         self.pipes, self.metrics = pipes, metrics
         self.clock = clock  # deadlines are read from it, so a test can move time itself
         self.max_batch, self.max_queue, self.max_backlog_rows = max_batch, max_queue, max_backlog_rows
+        self.pace = pace or Pace()
         self._cv = threading.Condition()
         self._jobs: list[Job] = []  # admitted and not ended, in arrival order
         self._queued = 0            # trajectories left out of the latest batch
         self._active_n = 0          # trajectories in the latest batch
-        self._rows_per_s = 0.0      # measured UNet rows a second, for Retry-After
+        self._batch_rows = 0        # UNet rows in the latest batch
         self._stopping = False
         self._drain_deadline: float | None = None  # set by begin_shutdown: running work must end by then
         self._thread = threading.Thread(target=self._run, name="digitgen-engine", daemon=True)
@@ -158,14 +198,27 @@ class BatchWorker:
         """Stop taking work; what has not started ends now, what runs may go
         on until shortly before the grace period ends (a second per 4 s of
         grace is kept for the last responses to be written), then it ends
-        too. Every ended job gets ShuttingDown: a 503 or an `event: error`."""
+        too. Every ended job gets the shutting-down 503 (or `event: error`)."""
         with self._cv:
             if self._drain_deadline is not None:
                 return
             self._drain_deadline = self.clock() + max(0.0, grace_s - min(1.0, grace_s / 4))
             for job in [j for j in self._jobs if j.started is None]:
-                self._end(job, FailedEvent(ShuttingDown()), "shutdown")
+                self._end(job, FailedEvent(Problem.shutting_down()), "shutdown")
             self._cv.notify()
+
+    def admit(self, cost: Cost, deadline_s: float, model: str, every: int = 0) -> Job | Problem:
+        """The one admission: a Job (the request is in) or the Problem to answer, before any work."""
+        with self._cv:
+            refused = self._refusal(cost, deadline_s)
+            if refused is not None:
+                reason, problem = refused
+                self.metrics.rejected.inc(reason=reason)
+                return problem
+            job = Job(cost, deadline_s, every, self.clock, model)
+            self._jobs.append(job)
+            self._queued += cost.images
+            return job
 
     def attach(self, job: Job, trajectories: list[Trajectory]) -> None:
         """The admitted job's trajectories: it joins the next step's batch."""
@@ -173,40 +226,50 @@ class BatchWorker:
             job.trajectories = trajectories
             self._cv.notify()
 
-    def submit(self, job: Job) -> None:
-        """Admit the job or raise (ShuttingDown, Overloaded) before any work."""
-        with self._cv:
-            refusal = self._refusal(job.images, _rows_left(job))
-            if refusal is not None:
-                raise refusal
-            self._jobs.append(job)
-            self._queued += job.images
-
-    def refusal(self, images: int, rows: int) -> Exception | None:
-        """Why a request of at least this cost could not be admitted now,
-        else None: the front door's 503 before a request is parsed, so a
-        burst on a full server costs little (submit() still decides)."""
-        with self._cv:
-            return self._refusal(images, rows)
-
-    def _refusal(self, images: int, rows: int) -> Exception | None:
+    def _refusal(self, cost: Cost, deadline_s: float) -> tuple[str, Problem] | None:
+        """(reason, as /metrics counts it; the Problem) when the request cannot be admitted now."""
         if self._stopping or self._drain_deadline is not None:
-            self.metrics.rejected.inc(reason="shutting_down")
-            return ShuttingDown()
+            return "shutting_down", Problem.shutting_down()
         live = [j for j in self._jobs if not j.ended]
-        backlog = sum(_rows_left(j) for j in live)
-        if sum(j.remaining for j in live) + images - self.max_batch > self.max_queue \
-                or backlog + rows > self.max_backlog_rows:
-            self.metrics.rejected.inc(reason="queue_full")
-            return Overloaded(self._retry_after(backlog))
+        backlog = sum(j.rows_left for j in live)
+        if sum(j.remaining for j in live) + cost.images - self.max_batch > self.max_queue:
+            return "queue_full", Problem.busy("its queue of images is full", self._retry_after(backlog))
+        if backlog + cost.rows > self.max_backlog_rows:
+            return "queue_full", Problem.busy(f"{backlog:,} UNet rows of work are admitted already; it takes at most "
+                                f"{self.max_backlog_rows:,}", self._retry_after(backlog + cost.rows - self.max_backlog_rows))
+        if not self.pace.known:
+            return None
+        alone, behind = self._finish_s(cost, backlog)
+        if alone > deadline_s:
+            return "too_slow", Problem(422, "too_slow", (
+                f"this request ({cost.rows:,} UNet rows) needs about {alone:.0f} s of engine time at this server's "
+                f"measured speed ({self._capacity():.0f} rows a second), more than its deadline of {deadline_s:g} s: "
+                f"ask for fewer images or steps"))
+        if behind > deadline_s:
+            return "past_deadline", Problem.busy(f"behind the work admitted already it would finish in about {behind:.0f} s, past "
+                                f"its deadline of {deadline_s:g} s",
+                                self._retry_after(backlog + cost.rows - self._capacity() * deadline_s))
         return None
 
-    def _retry_after(self, backlog_rows: int) -> int:
-        """Seconds until the work already admitted has drained, at the
-        measured rows a second (1 s until there is a measurement)."""
-        if self._rows_per_s <= 0:
+    def _finish_s(self, cost: Cost, backlog: int) -> tuple[float, float]:
+        """(seconds alone, seconds behind what is admitted) the request would take at the measured pace."""
+        per_round = min(cost.images, self.max_batch)
+        rounds = math.ceil(cost.images / self.max_batch) * cost.steps
+        alone = rounds * self.pace.seconds(per_round * cost.rows_per_step)
+        full = self.max_batch * 2
+        crowded = rounds * self.pace.seconds(min(self._batch_rows + per_round * cost.rows_per_step, full))
+        return alone, max(crowded, (backlog + cost.rows) / self._capacity())
+
+    def _capacity(self) -> float:
+        """UNet rows a second with the batch full."""
+        full = self.max_batch * 2
+        return full / self.pace.seconds(full)
+
+    def _retry_after(self, rows_to_drain: float) -> int:
+        """Seconds until that much admitted work has run (1 s until the pace is known)."""
+        if not self.pace.known:
             return 1
-        return int(min(300, max(1, math.ceil(backlog_rows / self._rows_per_s))))
+        return int(min(RETRY_AFTER_MAX_S, max(1, math.ceil(rows_to_drain / self._capacity()))))
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cv:
@@ -217,8 +280,16 @@ class BatchWorker:
 
     # -- worker thread -------------------------------------------------------
     def _run(self) -> None:
+        worked = False  # since the last time the worker went idle
         while True:
             with self._cv:
+                if not (self._stopping or self._jobs) and worked:
+                    worked = False
+                    self._cv.release()
+                    try:  # idle: give freed memory back to the system (outside the lock: it takes ms)
+                        memory.release()
+                    finally:
+                        self._cv.acquire()
                 while not (self._stopping or self._jobs):
                     self._cv.wait()
                 if self._stopping:
@@ -228,14 +299,16 @@ class BatchWorker:
                 now = self.clock()
                 if self._drain_deadline is not None and now >= self._drain_deadline:
                     for job in self._jobs:
-                        self._end(job, FailedEvent(ShuttingDown()), "shutdown")
+                        self._end(job, FailedEvent(Problem.shutting_down()), "shutdown")
                 self._jobs = [j for j in self._jobs if not self._expired(j, now)]
                 batch = self._deal(now)
                 self._active_n = len(batch)
+                self._batch_rows = sum(t.sampling.unet_rows for _, _, t in batch)
                 self._queued = sum(j.remaining for j in self._jobs) - len(batch)
                 if not batch:  # admitted jobs whose trajectories are still being built: attach() wakes us
                     self._cv.wait(0.5)
                     continue
+            worked = True
             t0 = time.perf_counter()
             try:
                 for model in self.pipes:  # one batched forward per model with work in this step
@@ -246,20 +319,19 @@ class BatchWorker:
                 log.exception("denoising step failed for a batch of %d", len(batch))
                 with self._cv:
                     for job in {id(j): j for j, _, _ in batch}.values():
-                        self._end(job, FailedEvent(EngineFailure(f"generation failed: {e}")), "error")
+                        self._end(job, FailedEvent(Problem.engine_failure(f"generation failed: {e}")), "error")
                 continue
             dt = time.perf_counter() - t0
-            rows = sum(t.sampling.unet_rows for _, _, t in batch)
-            self._rows_per_s = rows / dt if self._rows_per_s <= 0 else 0.8 * self._rows_per_s + 0.2 * rows / dt
+            self.pace.observe(self._batch_rows, dt)
             self.metrics.observe_step(len(batch), dt)
             with self._cv:
                 self._deliver(batch)
                 self._jobs = [j for j in self._jobs if not j.ended]
                 # the gauges must not show finished work while the worker waits
-                self._active_n = 0
+                self._active_n = self._batch_rows = 0
                 self._queued = sum(j.remaining for j in self._jobs)
         for job in leftovers:
-            self._end(job, FailedEvent(ShuttingDown()), "shutdown")
+            self._end(job, FailedEvent(Problem.shutting_down()), "shutdown")
 
     def _deal(self, now: float) -> list[tuple[Job, int, Trajectory]]:
         """Under the lock: this step's batch, dealt round-robin over the jobs
@@ -285,7 +357,7 @@ class BatchWorker:
             waited = (job.started or now) - job.submitted
             msg = (f"the request did not finish within its deadline of {job.deadline_s:g} s "
                    f"({waited:.1f} s waiting for a batch slot); the server is busy or the request too large")
-            self._end(job, FailedEvent(DeadlineExceeded(msg)), "deadline")
+            self._end(job, FailedEvent(Problem.deadline(msg)), "deadline")
         return job.ended
 
     def _end(self, job: Job, event, reason: str) -> None:
@@ -311,10 +383,3 @@ class BatchWorker:
                 job.remaining -= 1
                 if job.finished:
                     job.ended = True
-
-
-def _rows_left(job: Job) -> int:
-    """UNet rows the job still needs (all it asked for until its trajectories are attached)."""
-    if not job.trajectories:
-        return job.rows
-    return sum((t.steps - t.index) * t.sampling.unet_rows for t in job.trajectories)

@@ -10,6 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"                     # the base model (a pipeline folder)
 FAST_WEIGHTS = WEIGHTS / "fast"                # the distilled few-step model
 CLASSIFIER = WEIGHTS / "classifier"            # the evaluation's MNIST classifier
+# The models a weights folder can hold, by the name a request gives: the base
+# model is the folder itself, the distilled student a subfolder of it.
+MODEL_FOLDERS = {"base": ".", "fast": "fast"}
 MODEL_CONFIG = Path(__file__).resolve().parent / "configs" / "unet_mnist.json"
 DATA = REPO / "data" / "mnist.npz"
 
@@ -19,3 +22,11 @@ def default_weights() -> Path:
     import os
 
     return Path(os.environ.get("DIGITGEN_WEIGHTS") or WEIGHTS)
+
+
+def model_folders(weights: Path) -> dict[str, Path]:
+    """The models under a weights folder, by name: the base model always
+    (whether or not it is there: loading it says so), the others when their
+    folder exists."""
+    weights = Path(weights)
+    return {name: weights / sub for name, sub in MODEL_FOLDERS.items() if sub == "." or (weights / sub).is_dir()}

@@ -82,8 +82,8 @@ def free_port() -> int:
 
 
 def service_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "5"]
+    """The service as a user runs it: `digitgen serve` (app/connection.py's limits included)."""
+    return [sys.executable, "-m", "digitgen", "serve", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def service_env(weights: Path, **settings) -> dict:
@@ -91,7 +91,7 @@ def service_env(weights: Path, **settings) -> dict:
     test says otherwise (the tests predate the fast model and ask base's
     samplers without naming a model)."""
     env = {**os.environ, "DIGITGEN_WEIGHTS": str(weights), "PYTHONUNBUFFERED": "1", "DIGITGEN_DEFAULT_MODEL": "base",
-           "DIGITGEN_GRACEFUL_S": "5"}  # as service_command's --timeout-graceful-shutdown
+           "DIGITGEN_GRACEFUL_S": "5"}
     env.update({f"DIGITGEN_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -99,20 +99,17 @@ def service_env(weights: Path, **settings) -> dict:
 class Server:
     """A uvicorn subprocess; `url` once /readyz answers 200.
 
-    engine=None runs the service exactly as `uvicorn app.main:create_app
-    --factory` does. engine="tiny" or "stand-in" runs tests/controlled_server.py
-    instead, whose clock and engine steps the test drives with `control`."""
+    engine=None runs the service exactly as `digitgen serve` does.
+    engine="tiny" or "stand-in" runs tests/controlled_server.py instead (the
+    same app and uvicorn configuration), whose clock, engine steps and pace
+    the test drives with `control`."""
 
-    def __init__(self, weights: Path, log: Path, engine: str | None = None, step_ms: float = 0.0,
-                 serve: bool = False, **settings):
+    def __init__(self, weights: Path, log: Path, engine: str | None = None, step_ms: float = 0.0, **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_file = open(log, "wb")
-        if serve:  # `digitgen serve`: uvicorn configured by app.main.serve (connection limits included)
-            cmd, streams = [sys.executable, "-m", "digitgen", "serve"], dict(stdout=self._log_file, stderr=subprocess.STDOUT)
-            settings = {"port": self.port, **settings}
-        elif engine is None:
+        if engine is None:
             cmd, streams = service_command(self.port), dict(stdout=self._log_file, stderr=subprocess.STDOUT)
         else:
             cmd = [sys.executable, str(ROOT / "tests" / "controlled_server.py"), str(self.port),
@@ -134,7 +131,7 @@ class Server:
             time.sleep(0.1)
 
     def control(self, command: str) -> None:
-        """hold | run | step K | advance SECONDS (controlled servers only);
+        """hold | run | step K | advance SECONDS | pace ROWS_PER_S LATENCY_S (controlled servers only);
         returns once the command is in force."""
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()

@@ -10,7 +10,11 @@ the settings from DIGITGEN_*, as in production, with two things swapped in:
   because the machine happened to be slow (or busy) enough;
 * every batched step first passes a gate: `hold` makes the next step wait,
   `step K` lets K steps through, `run` opens it. A request cannot finish
-  before the test has seen what it wants to see, however fast the machine.
+  before the test has seen what it wants to see, however fast the machine;
+* the engine's measured pace, which admission checks deadlines against, is
+  unknown (no deadline check) until the test pins it: `pace ROWS_PER_S
+  LATENCY_S`, so a request is refused as too slow because the test says the
+  engine is that slow, never because the machine is.
 
 `--engine stand-in` replaces the UNet by one that sleeps `--step-ms` and
 predicts zero noise, so the same tests run with engine steps of ~0 ms and of
@@ -28,8 +32,8 @@ import numpy as np
 import uvicorn
 
 from app.config import Settings
-from app.connection import limited_protocol
-from app.main import create_app
+from app.main import create_app, server_config
+from app.worker import Pace
 from engine.pipeline import DigitPipeline
 
 
@@ -95,7 +99,7 @@ def loader(gate: StepGate, engine: str, step_s: float):
     return load
 
 
-def control(gate: StepGate, clock: ManualClock) -> None:
+def control(gate: StepGate, clock: ManualClock, pace: Pace) -> None:
     for line in sys.stdin:
         cmd, *arg = line.split()
         if cmd == "hold":
@@ -106,6 +110,8 @@ def control(gate: StepGate, clock: ManualClock) -> None:
             gate.add(int(arg[0]))
         elif cmd == "advance":
             clock.now += float(arg[0])
+        elif cmd == "pace":
+            pace.rows_per_s, pace.latency_s, pace.pinned = float(arg[0]), float(arg[1]), True
         else:
             print(f"unknown command {line!r}", file=sys.stderr, flush=True)
             continue
@@ -118,13 +124,15 @@ def main() -> None:
     ap.add_argument("--engine", choices=("tiny", "stand-in"), default="tiny")
     ap.add_argument("--step-ms", type=float, default=0.0)
     args = ap.parse_args()
-    gate, clock = StepGate(), ManualClock()
-    settings = Settings.from_env()
-    app = create_app(settings, load_pipeline=loader(gate, args.engine, args.step_ms / 1e3), clock=clock)
-    threading.Thread(target=control, args=(gate, clock), daemon=True).start()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=settings.graceful_s or None,
-                http=limited_protocol(settings.header_timeout_s, door=app.door))  # as `digitgen serve` runs it
+    gate, clock, pace = StepGate(), ManualClock(), Pace()
+    settings = Settings.from_env(port=args.port)
+    app = create_app(settings, load_pipeline=loader(gate, args.engine, args.step_ms / 1e3), clock=clock, pace=pace)
+    threading.Thread(target=control, args=(gate, clock, pace), daemon=True).start()
+    server = uvicorn.Server(server_config(app, settings, log_level="warning"))  # as `digitgen serve` runs it
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def test_one_port_everywhere(container, env, deployment):
 def test_probes_and_metrics_answer_without_an_api_key(container, deployment):
     """Asked of the real app (no weights loaded, API keys on): the kubelet
     and Prometheus send no key."""
-    app = create_app(Settings(api_keys="a-key"))
+    app = create_app(Settings(api_keys="a-key", host="0.0.0.0"))  # bound as in the image: any Host name
     probes = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for probe, path in probes.items():
         got = container[probe]["httpGet"]["path"]

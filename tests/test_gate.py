@@ -42,7 +42,7 @@ def test_api_keys_guard_the_api_but_not_the_probes_or_page(keyed):
     url = keyed.url
     none = httpx.post(url + "/generate", params={"label": 1, "steps": 1})
     assert none.status_code == 401 and none.headers["www-authenticate"].startswith("Bearer")
-    assert "Authorization: Bearer" in none.json()["message"]
+    assert "Authorization: Bearer" in none.json()["detail"]
     wrong = httpx.get(url + "/info", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     for key in ("first-key", "second-key"):  # from the variable and from the file
@@ -65,7 +65,7 @@ def test_rate_limit_is_per_client_and_a_429_not_a_503(tiny_weights, tmp_path):
         assert codes == [200, 200, 429]
         r = httpx.post(srv.url + "/generate", params={"label": 1, "steps": 1})
         assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 100
-        assert "too many requests from this client" in r.json()["message"]
+        assert "too many requests from this client" in r.json()["detail"]
         assert httpx.get(srv.url + "/healthz").status_code == 200  # probes are never limited
     finally:
         srv.stop()

@@ -47,7 +47,7 @@ def test_a_model_refuses_what_it_cannot_do(client, params, field, words):
     r = client.post("/generate", params=params)
     assert r.status_code == 422, r.text
     body = r.json()
-    assert body["detail"][0]["loc"][-1] == field and words in body["message"]
+    assert body["errors"][0]["loc"][-1] == field and words in body["detail"]
 
 
 def test_fast_stream_and_gif(client):
@@ -92,7 +92,7 @@ def test_without_a_fast_folder_only_base_is_served(tmp_path):
         info = httpx.get(srv.url + "/info").json()
         assert info["default_model"] == "base" and list(info["models"]) == ["base"]
         r = httpx.post(srv.url + "/generate", params={"label": 1, "model": "fast"})
-        assert r.status_code == 422 and "not loaded" in r.json()["message"]
+        assert r.status_code == 422 and "not loaded" in r.json()["detail"]
     finally:
         srv.stop()
 

@@ -65,7 +65,7 @@ def test_body_and_query_are_the_same_parameters(client):
     assert q.status_code == b.status_code == mixed.status_code == 200
     assert q.content == b.content == mixed.content
     conflict = client.post("/generate", params={"label": 2}, json={"label": 3})
-    assert conflict.status_code == 422 and "label" in conflict.json()["message"]
+    assert conflict.status_code == 422 and "label" in conflict.json()["detail"]
 
 
 # -- determinism under load -----------------------------------------------------
@@ -189,20 +189,24 @@ def test_bad_parameter_gives_422_naming_the_field(client, method, path, params, 
     r = client.request(method.upper(), path, params=params, json=body)
     assert r.status_code == 422, r.text
     problem = r.json()
-    assert any(field in map(str, e["loc"]) for e in problem["detail"]), problem
-    assert field in problem["message"], problem["message"]
+    assert any(field in map(str, e["loc"]) for e in problem["errors"]), problem
+    assert field in problem["detail"], problem["detail"]
 
 
 def test_range_errors_say_the_allowed_range(client):
+    """The range is the sampler's own, as the loaded model says (and /info publishes)."""
+    r = client.post("/generate", params={"label": 1, "steps": 5000, "scheduler": "ddim"})
+    assert "1-1000 with scheduler ddim" in r.json()["detail"]
     r = client.post("/generate", params={"label": 1, "steps": 5000})
-    assert "1-1000" in r.json()["message"]
+    assert "1-999 with scheduler dpm" in r.json()["detail"]
+    assert client.get("/info").json()["limits"]["max_steps"] == {"ddpm": 1000, "ddim": 1000, "dpm": 999}
 
 
 @pytest.mark.parametrize("raw", [b'{"label": 3,', b"not json", b'{"label": 3}}'])
 def test_malformed_json_gives_422(client, raw):
     r = client.post("/generate", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
-    assert "malformed JSON" in r.json()["message"]
+    assert "malformed JSON" in r.json()["detail"]
 
 
 # -- probes, metrics, docs, page -------------------------------------------------

@@ -87,10 +87,11 @@ def test_full_queue_gives_503_with_retry_after_then_deadline_ends_work(small):
     small.wait_metric("digitgen_trajectories_cancelled_total", lambda v: v == deadline_before + 2, reason="deadline")
 
 
-def test_a_full_server_refuses_before_reading_the_request(small):
-    """The 503 is decided from the request line: a request whose body never
-    comes still gets it (were the body awaited first, this would be a 408
-    after the body timeout), and its Retry-After too."""
+def test_a_full_server_refuses_a_request_with_a_body_with_503_and_retry_after(small):
+    """Admission is decided once, when the request is parsed (body included:
+    it may change the cost), before any work; the refusal carries when to
+    come back and the request's ID. (A body that never comes is the body
+    deadline's 408, test_hostile_inputs.py.)"""
     small.control("hold")
     with httpx.Client(base_url=small.url, timeout=30) as a, httpx.Client(base_url=small.url, timeout=30) as b:
         with a.stream("GET", "/generate/stream", params=LONG) as running:
@@ -101,8 +102,9 @@ def test_a_full_server_refuses_before_reading_the_request(small):
                 small.wait_metric("digitgen_queue_depth", lambda v: v == 1)
                 host, port = small.url.removeprefix("http://").split(":")
                 with socket.create_connection((host, int(port)), timeout=30) as s:
-                    s.sendall(b"POST /generate?label=1&steps=2 HTTP/1.1\r\nHost: x\r\n"
-                              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+                    body = b'{"n": 1}'
+                    s.sendall(b"POST /generate?label=1&steps=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                     head = s.recv(65536).split(b"\r\n\r\n")[0].decode().lower()
                 assert head.startswith("http/1.1 503"), head
                 assert "retry-after:" in head and "x-request-id:" in head, head
@@ -126,10 +128,10 @@ def _responses(s: socket.socket, k: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def test_a_full_server_answers_at_the_door_and_keeps_the_connection_in_step(small):
-    """Body-less generation requests on a full server are refused by the HTTP
-    protocol itself (app/door.py): the middleware's 503, headers and log
-    line, in order with pipelined requests, the connection still usable."""
+def test_a_full_server_answers_pipelined_requests_in_step(small):
+    """Generation requests on a full server get the 503 with its headers,
+    problem body and log line, in order with pipelined requests, and the
+    connection stays usable."""
     small.control("hold")
     before = small.metric("digitgen_http_requests_total", route="/generate", method="POST", status="503")
     with httpx.Client(base_url=small.url, timeout=30) as a, httpx.Client(base_url=small.url, timeout=30) as b:
@@ -140,18 +142,19 @@ def test_a_full_server_answers_at_the_door_and_keeps_the_connection_in_step(smal
                 small.wait_metric("digitgen_queue_depth", lambda v: v == 1)
                 host, port = small.url.removeprefix("http://").split(":")
                 with socket.create_connection((host, int(port)), timeout=30) as s:
-                    s.sendall(b"POST /generate?label=1&steps=2 HTTP/1.1\r\nHost: x\r\nX-Request-ID: door-1\r\n\r\n"
-                              b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-                              b"GET /generate.gif?label=1&steps=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    s.sendall(b"POST /generate?label=1&steps=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: door-1\r\n\r\n"
+                              b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                              b"GET /generate.gif?label=1&steps=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     (h1, b1), (h2, b2), (h3, b3) = _responses(s, 3)
-                    s.sendall(b"POST /generate?label=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    s.sendall(b"POST /generate?label=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                     (h4, _), = _responses(s, 1)
                     assert s.recv(65536) == b""  # closed, as asked
     for head in (h1, h3, h4):
         assert head.startswith(b"http/1.1 503") and b"retry-after: " in head and b"x-request-id: " in head
-        assert b"x-content-type-options: nosniff" in head and b"content-type: application/json" in head
+        assert b"x-content-type-options: nosniff" in head and b"content-type: application/problem+json" in head
     assert b"x-request-id: door-1" in h1 and b"connection: close" in h4
-    assert json.loads(b1)["message"] == json.loads(b1)["detail"] and "busy" in json.loads(b1)["message"]
+    problem = json.loads(b1)
+    assert (problem["status"], problem["code"]) == (503, "busy") and "busy" in problem["detail"]
     assert h2.startswith(b"http/1.1 200") and json.loads(b2)["status"] == "ok"
     assert small.metric("digitgen_http_requests_total", route="/generate", method="POST", status="503") == before + 2
     end = time.monotonic() + 10
@@ -316,3 +319,33 @@ def wait_until_refused(url: str, timeout: float = 15.0) -> None:
             pass
         time.sleep(0.02)
     raise AssertionError("the server still accepts connections")
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_a_request_that_cannot_finish_within_its_deadline_is_refused_before_any_work(engine, tiny_weights,
+                                                                                    tmp_path):
+    """Admission asks whether the work can finish in time at the pace the
+    engine runs (here pinned by the test: 10 UNet rows a second, so the
+    machine's speed plays no part). Alone too slow: a 422, no wait would
+    help. Too slow behind the admitted work: a 503 whose Retry-After is when
+    it would fit. (It used to be admitted and end in a 504 at the deadline.)"""
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", **ENGINES[engine], max_batch=4, deadline_s=DEADLINE_S)
+    try:
+        srv.control("hold")
+        srv.control("pace 10 0")
+        slow = {"label": 1, "scheduler": "ddim", "steps": 200}  # 200 steps x 2 rows at 10 rows/s: 40 s alone
+        r = httpx.post(srv.url + "/generate", params=slow, timeout=10)
+        assert r.status_code == 422 and r.json()["code"] == "too_slow", r.text
+        assert f"deadline of {DEADLINE_S} s" in r.json()["detail"] and "fewer images or steps" in r.json()["detail"]
+        fits = {"label": 1, "scheduler": "ddim", "steps": 100}  # 20 s alone
+        first = in_background(lambda: httpx.post(srv.url + "/generate", params=fits, timeout=30))
+        srv.wait_metric("digitgen_inflight_trajectories", lambda v: v == 1)
+        r = httpx.post(srv.url + "/generate", params=fits, timeout=10)  # 400 rows to run at 10 a second: 40 s
+        assert r.status_code == 503 and r.json()["code"] == "busy" and "past its deadline" in r.json()["detail"]
+        assert int(r.headers["retry-after"]) == 10  # 400 - 10 x 30 rows must drain first
+        assert srv.metric("digitgen_requests_rejected_total", reason="too_slow") == 1
+        assert srv.metric("digitgen_requests_rejected_total", reason="past_deadline") == 1
+        srv.control("run")
+        assert first().status_code == 200
+    finally:
+        srv.stop()

@@ -16,6 +16,7 @@ import pytest
 from app.config import ConfigError, Settings
 from app.main import create_app
 from conftest import ROOT, Server, free_port, service_command, service_env
+from test_weights_loading import append_tensor, edit_config
 
 
 def start(weights, timeout=60, **settings) -> subprocess.CompletedProcess:
@@ -38,6 +39,13 @@ def broken(tiny_weights, tmp_path, how):
         shutil.rmtree(unet)
     elif how == "bad-index":
         (folder / "model_index.json").write_text("{not json")
+    elif how == "sparse-4gib-tensor":  # declared in the header, the file extended to hold it: no disk used
+        append_tensor(unet, "extra.weight", [2**30], sparse=True)
+    elif how == "nan-norm-eps":
+        edit_config(unet, norm_eps=float("nan"))
+    elif how == "huge-timesteps":
+        sched = folder / "scheduler" / "scheduler_config.json"
+        sched.write_text(json.dumps({**json.loads(sched.read_text()), "num_train_timesteps": 10**9}))
     return folder
 
 
@@ -47,6 +55,9 @@ def broken(tiny_weights, tmp_path, how):
     ("mismatched", "do not match"),
     ("no-unet", "not found"),
     ("bad-index", "not valid JSON"),
+    ("sparse-4gib-tensor", "unexpected tensor 'extra.weight'"),
+    ("nan-norm-eps", "norm_eps"),
+    ("huge-timesteps", "num_train_timesteps must be an int in [1, 100000]"),
 ])
 def test_bad_weights_stop_start_up_with_a_clear_message(tiny_weights, tmp_path, how, says):
     weights = tmp_path / "nowhere" if how == "missing" else broken(tiny_weights, tmp_path, how)
@@ -59,7 +70,7 @@ def test_bad_weights_stop_start_up_with_a_clear_message(tiny_weights, tmp_path, 
 
 def test_bad_setting_stops_start_up_with_a_clear_message(tiny_weights):
     proc = start(tiny_weights, max_batch="lots")
-    assert proc.returncode == 3
+    assert proc.returncode == 2  # serve's status for a bad setting (3: start-up failed)
     assert "DIGITGEN_MAX_BATCH='lots' is not a valid int" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -73,7 +84,7 @@ def test_serve_returns_an_exit_status_on_failed_start_up(tmp_path):
 def test_serve_stops_on_ctrl_c_with_status_0_and_no_traceback(tiny_weights, tmp_path):
     """Ctrl-C in a terminal: SIGINT, a clean shutdown, exit status 0, and no
     KeyboardInterrupt traceback under the log (uvicorn re-raises the signal)."""
-    srv = Server(tiny_weights, tmp_path / "serve.log", serve=True)
+    srv = Server(tiny_weights, tmp_path / "serve.log")
     srv.proc.send_signal(signal.SIGINT)
     assert srv.proc.wait(30) == 0
     srv.stop()
@@ -86,7 +97,7 @@ def test_not_ready_before_the_weights_are_loaded(tiny_weights):
 
     async def scenario():
         # ASGITransport does not run the lifespan: this is the app before its weights are loaded
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://digitgen") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
             r = await c.get("/readyz")
             assert r.status_code == 503 and "retry-after" in r.headers
             assert (await c.get("/healthz")).status_code == 200

@@ -178,7 +178,7 @@ async function explain(url) {
     let msg = r.statusText;
     try {
       const j = await r.json();
-      msg = j.message || (typeof j.detail === "string" ? j.detail : JSON.stringify(j.detail));
+      msg = j.detail || msg;  // every error is a problem body: {status, code, detail, errors}
     } catch (_) { /* not JSON */ }
     const retry = r.headers.get("Retry-After");
     fail(`${r.status}: ${msg}${retry ? ` (retry in ${retry} s)` : ""}`);
@@ -210,7 +210,7 @@ async function downloadPng() {
   ui.dlPng.disabled = true;
   try {
     const r = await fetch("/generate?" + query({size: ui.dlSize.value}), {method: "POST"});
-    if (!r.ok) throw new Error(`${r.status}: ${(await r.json()).message || r.statusText}`);
+    if (!r.ok) throw new Error(`${r.status}: ${(await r.json()).detail || r.statusText}`);
     const a = document.createElement("a");
     a.href = URL.createObjectURL(await r.blob());
     a.download = `digit-${last.label}-seed-${last.seed}.png`;

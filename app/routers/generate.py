@@ -1,0 +1,161 @@
+"""The generation endpoints: a PNG (or JSON), the denoising as Server-Sent
+Events, and as a GIF. Each takes its request as one resolved Generation
+(app/dependencies.py) and runs it through `Service.start`, the one
+admission."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from engine.generation import Generation
+
+from .. import render
+from ..dependencies import ServiceDep, StreamRequest, gif_generation, post_generation, stream_generation
+from ..errors import Problem, sse_error
+from ..openapi import GENERATION_ERRORS
+from ..schemas import BODY_EXAMPLES, GeneratedImage, GenerateResult
+from ..worker import FailedEvent, Job
+
+GIF_ENCODES = asyncio.Semaphore(2)  # each holds every frame in memory
+router = APIRouter(tags=["generate"])
+
+
+def _timing(job: Job, t_done: float) -> tuple[float, float]:
+    """(queue, generate) milliseconds of a job that has finished."""
+    started = job.started or t_done
+    return round((started - job.submitted) * 1e3, 1), round((t_done - started) * 1e3, 1)
+
+
+def _headers(gen: Generation, job: Job, t_done: float) -> dict:
+    queue_ms, gen_ms = _timing(job, t_done)
+    return {"X-Seed": str(gen.seed), "X-Model": gen.model, "X-Steps": str(gen.sampling.steps),
+            "X-Scheduler": gen.sampling.scheduler,
+            "Server-Timing": f"queue;dur={queue_ms:.1f}, generate;dur={gen_ms:.1f}"}
+
+
+def _meta(gen: Generation) -> dict:
+    """What the responses say about how a generation was sampled."""
+    sm = gen.sampling
+    return {"model": gen.model, "seed": gen.seed, "label": sm.label, "steps": sm.steps, "scheduler": sm.scheduler,
+            "guidance_scale": sm.guidance_scale, "eta": sm.eta, "size": gen.size}
+
+
+# -- POST /generate -------------------------------------------------------------
+@router.post(
+    "/generate", response_class=Response, summary="Generate handwritten digits",
+    responses={200: {"description": "The PNG (a grid for n > 1), or JSON with format=json. "
+                                    "The X-Seed header holds the seed used.",
+                     "content": {"image/png": {}, "application/json": {
+                         "schema": {"$ref": "#/components/schemas/GenerateResult"}}}}, **GENERATION_ERRORS},
+    # the body is read (strictly: no duplicate keys) by the dependency; documented here
+    openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/GenerateBody"}, "examples": BODY_EXAMPLES}}}},
+)
+async def generate(request: Request, svc: ServiceDep, gen: Annotated[Generation, Depends(post_generation)]):
+    """Parameters come as query parameters, a JSON body, or both (e.g.
+    `POST /generate?label=5` or `{"label": 5, "n": 4}`); a field given in both
+    places with different values is a 422. Same seed + parameters = the same
+    bytes."""
+    job = await svc.start(gen)
+    events = await svc.collect(request, job)
+    if events is None:
+        return Response(status_code=499)  # client closed the request; nobody reads this
+    t_done = job.clock()
+    samples = [None] * gen.n
+    for ev in events:
+        if ev.result.done:
+            samples[ev.index] = ev.result.sample
+    headers, size = _headers(gen, job, t_done), gen.size
+    if gen.format == "json":
+        pngs = await render.off_loop(gen.n * size * size, lambda: [render.b64(render.png(s, size)) for s in samples])
+        queue_ms, gen_ms = _timing(job, t_done)
+        result = GenerateResult(
+            **_meta(gen), n=gen.n, queue_ms=queue_ms, generate_ms=gen_ms,
+            images=[GeneratedImage(index=i, seed=s, png_base64=b) for i, (s, b) in enumerate(zip(gen.seeds, pngs))])
+        return JSONResponse(result.model_dump(), headers=headers)
+    data = await render.off_loop(gen.n * size * size, render.png if gen.n == 1 else render.grid_png,
+                                 samples[0] if gen.n == 1 else samples, size)
+    name = f"digit-{gen.sampling.label}-seed-{gen.seed}{'' if gen.n == 1 else f'-x{gen.n}'}.png"
+    return Response(data, media_type="image/png",
+                    headers={**headers, "Content-Disposition": f'inline; filename="{name}"'})
+
+
+# -- GET /generate/stream (SSE) ------------------------------------------------
+async def admitted_stream(svc: ServiceDep, req: Annotated[StreamRequest, Depends(stream_generation)]):
+    """Admission happens here, before the stream starts, so a full queue is a
+    real 503 (with Retry-After) and not an event inside a 200."""
+    job = await svc.start(req.gen)
+    try:
+        yield req, job
+    finally:
+        job.cancel("disconnect")  # the stream ended early, or never started
+
+
+@router.get("/generate/stream", response_class=EventSourceResponse,
+            summary="Watch one digit being denoised (Server-Sent Events)",
+            responses={200: {"description": (
+                "`event: start` {seed, total, ..., x_t}: the initial noise; then `event: step` "
+                "{step, total, timestep, x_t, x0} every k-th step (x_t: the noisy sample, x0: the model's estimate "
+                "of the final digit, both base64 PNG), ids `<seed>-<step>`; then `event: done` {image, seed, ...}. "
+                "On failure `event: error` with the problem body (status, code, detail).")},
+                       204: {"description": "Last-Event-ID says the client already has the image: nothing to send."},
+                       **GENERATION_ERRORS})
+async def generate_stream(started: Annotated[tuple, Depends(admitted_stream)]) -> AsyncIterable[ServerSentEvent]:
+    req, job = started
+    gen, size = req.gen, req.gen.size
+    meta = _meta(gen)
+    if req.skip == 0:
+        noise = await render.off_loop(size * size, render.png, job.x_T, size)
+        yield ServerSentEvent(event="start", id=f"{gen.seed}-0", retry=3000,
+                              data={**meta, "total": gen.sampling.steps, "x_t": render.b64(noise)})
+    while True:
+        try:
+            ev = await job.next_event()
+        except Problem as p:
+            yield sse_error(p)
+            return
+        if isinstance(ev, FailedEvent):
+            yield sse_error(ev.error)
+            return
+        r = ev.result
+        if r.step > req.skip:
+            x_t, x0 = await render.off_loop(2 * size * size, render.frame_pair, r.sample, r.pred_original, size)
+            yield ServerSentEvent(event="step", id=f"{gen.seed}-{r.step}", data={
+                "step": r.step, "total": r.total, "timestep": r.timestep, "x_t": x_t, "x0": x0})
+        if r.done:
+            t_done = job.clock()
+            image = await render.off_loop(size * size, render.png, r.sample, size)
+            queue_ms, gen_ms = _timing(job, t_done)
+            yield ServerSentEvent(event="done", id=f"{gen.seed}-done", data={
+                **meta, "image": render.b64(image), "queue_ms": queue_ms, "generate_ms": gen_ms})
+            return
+
+
+# -- GET /generate.gif -----------------------------------------------------------
+@router.get("/generate.gif", response_class=Response, summary="The denoising of one digit as an animated GIF",
+            responses={200: {"content": {"image/gif": {}},
+                             "description": "frames=x0 (default): the model's estimate of the digit after every "
+                                            "kept step; frames=xt: the initial noise, then x_t after every kept "
+                                            "step. The last frame (the digit) is held. X-Seed: the seed."},
+                       **GENERATION_ERRORS})
+async def generate_gif(request: Request, svc: ServiceDep, gen: Annotated[Generation, Depends(gif_generation)]):
+    job = await svc.start(gen)
+    x_T = job.x_T
+    events = await svc.collect(request, job)
+    if events is None:
+        return Response(status_code=499)
+    t_done = job.clock()
+    steps = [ev.result for ev in events]
+    # x0 by default: the model's estimate shows the digit forming; x_t is mostly noise until the last steps
+    pictures = [r.pred_original for r in steps] if gen.frames == "x0" else [x_T] + [r.sample for r in steps]
+    async with GIF_ENCODES:
+        data = await render.off_loop(len(pictures) * gen.size * gen.size, render.gif, pictures, gen.size)
+    return Response(data, media_type="image/gif", headers={
+        **_headers(gen, job, t_done),
+        "Content-Disposition": f'inline; filename="digit-{gen.sampling.label}-seed-{gen.seed}.gif"'})
+

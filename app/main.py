@@ -7,6 +7,8 @@ worker) and `serve`.
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import logging
 import signal
 import socket
@@ -21,10 +23,12 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
+from engine import generation
 from engine.io import WeightsError
 from engine.nn import runtime
 from engine.paths import model_folders
@@ -32,7 +36,7 @@ from engine.pipeline import DigitPipeline
 
 from .config import ConfigError, Settings
 from .connection import limited_protocol
-from .edge import Edge
+from .edge import AccessLineHandler, Edge
 from .errors import Problem, problem_from, problem_response
 from .metrics import ServiceMetrics
 from .openapi import add_docs, build_openapi
@@ -83,7 +87,7 @@ def load_models(settings: Settings, load: Callable[[Path], DigitPipeline]) -> tu
         except WeightsError as e:
             raise WeightsError(f"{e}\n  ({name} model folder: {folder}; set DIGITGEN_WEIGHTS or --weights to a "
                                f"folder written by DigitPipeline.save_pretrained)") from None
-    default = settings.default_model or ("fast" if "fast" in pipes else "base")
+    default = settings.default_model or generation.default_model(pipes)
     if default not in pipes:
         raise ConfigError(f"DIGITGEN_DEFAULT_MODEL={default} but there is no {settings.weights / default} folder")
     return pipes, default
@@ -107,6 +111,10 @@ async def lifespan(app: FastAPI):
     svc = Service(pipes, default, settings, app.state.metrics, app.state.clock, pace)
     svc.run()
     app.state.service = svc
+    # What start-up made (the models, FastAPI's routes, pydantic's validators) lives as long as the
+    # process: out of the collector's way, a collection under a burst no longer walks all of it
+    gc.collect()
+    gc.freeze()
     _drain_on_signals(svc)
     for name, pipe in pipes.items():
         d = pipe.defaults
@@ -135,7 +143,7 @@ def _access_log_to_stderr() -> None:
     embedding application has configured the logger itself."""
     logger = logging.getLogger("digitgen.access")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = AccessLineHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -186,6 +194,23 @@ def _restore_signals() -> None:
 ROUTERS = (generate.router, service_routes.router, openai.router)
 
 
+def _dispatch(route):
+    """The route as the app serves it. An endpoint that takes only the
+    Request and declares the Response it returns (response_class=Response)
+    leaves FastAPI nothing to inject or serialise: Starlette's Route runs it directly, without FastAPI's
+    per-request dependency solving and exit stacks (two thirds of a refused
+    request's cost under a burst, bench/burst_floor.py). It is documented
+    from the same declaration (build_openapi reads ROUTERS)."""
+    endpoint = getattr(route, "endpoint", None)
+    if not isinstance(route, APIRoute) or not inspect.iscoroutinefunction(endpoint) \
+            or list(inspect.signature(endpoint).parameters) != ["request"] or route.dependencies \
+            or route.response_class is not Response:
+        return route
+    plain = Route(route.path, endpoint, methods=sorted(route.methods), name=route.name)
+    plain.methods &= route.methods  # Starlette adds HEAD to a GET: for a generating GET that is a whole generation
+    return plain
+
+
 def _route_methods(app: FastAPI) -> dict[str, frozenset[str]]:
     """path -> the methods it takes (a mounted folder as its prefix + "/*"), for the edge."""
     out: dict[str, set[str]] = {}
@@ -228,7 +253,7 @@ def create_app(settings: Settings | None = None, *,
         p = problem_from(exc, ALLOWED, KNOWN, ALIASES)
         if p.status == 204:  # Last-Event-ID of a finished stream: nothing to send
             return Response(status_code=204)
-        return problem_response(p, request.url.path)
+        return problem_response(p, request.scope["path"])
 
     for kind in (Problem, Exception):
         app.add_exception_handler(kind, answer)
@@ -237,11 +262,11 @@ def create_app(settings: Settings | None = None, *,
     app.add_exception_handler(RequestValidationError, answer)
     app.add_exception_handler(HTTPException, answer)
 
-    for router in ROUTERS:
-        app.include_router(router)
+    for router in ROUTERS:  # their routes on the app's own router: FastAPI's include_router keeps each module's
+        app.router.routes.extend(map(_dispatch, router.routes))  # router as a layer every request's match walks
     app.mount("/static", StaticFiles(directory=service_routes.STATIC), name="static")
     add_docs(app)
-    app.openapi = lambda: build_openapi(app)
+    app.openapi = lambda: build_openapi(app, [route for r in ROUTERS for route in r.routes])
     app.add_api_route("/openapi.json", lambda: app.openapi(), methods=["HEAD"], include_in_schema=False)
     app.add_middleware(Edge, metrics=app.state.metrics, routes=_route_methods(app),
                        allowed_hosts=limits.allowed_host_list, cors_origins=limits.cors_origin_list,
@@ -259,6 +284,7 @@ def server_config(app: FastAPI, settings: Settings, log_level: str = "info") -> 
         access_log=False,          # the app writes JSON access lines
         limit_concurrency=None,    # app/connection.py counts requests and idle connections apart
         timeout_keep_alive=5,      # idle keep-alive connections close
+        proxy_headers=False,       # X-Forwarded-For from 127.0.0.1 was trusted: any local client named its address
         http=limited_protocol(settings.header_timeout_s, max_idle=settings.max_idle_connections,
                               max_requests=settings.max_connections, send_timeout_s=settings.send_timeout_s),
         loop="auto")               # uvloop (a dependency where it exists, not on Windows), else asyncio

@@ -42,9 +42,35 @@ GENERATION_ERRORS = errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 504)
 SERVICE_ERRORS = errors(400, 401, 403, 429)
 
 
-def build_openapi(app) -> dict:
+def query_parameters(model, header: dict | None = None) -> dict:
+    """`openapi_extra` documenting a query model's fields (and a header) as
+    parameters, as FastAPI would if it parsed them (app/dependencies.py
+    reads them itself). A query value is never JSON null: the null branch of
+    an optional field is left out."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    required = set(schema.get("required", ()))
+    params = []
+    for name, prop in schema["properties"].items():
+        branches = [b for b in prop.get("anyOf", ()) if b.get("type") != "null"]
+        body = dict(branches[0]) if len(branches) == 1 else {k: v for k, v in prop.items() if k != "anyOf"} | (
+            {"anyOf": branches} if branches else {})
+        for key in ("description", "examples", "default", "title"):
+            if key in prop:
+                body.setdefault(key, prop[key])
+        body.pop("title", None)
+        params.append({"name": name, "in": "query", "required": name in required,
+                       "description": prop.get("description", ""), "schema": body})
+    if header:
+        params.append(header)
+    return {"parameters": params}
+
+
+def build_openapi(app, declared: list) -> dict:
+    """The document of the app's own routes (docs, probes) and of the
+    routers' declarations, whichever way the app dispatches them."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        routes = [r for r in app.routes if r.path not in {d.path for d in declared}] + declared
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in (GenerateResult, GenerateBody, ProblemBody):
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")

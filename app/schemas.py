@@ -4,7 +4,7 @@ Each generation parameter is declared once here, its bounds taken from
 engine.generation.LIMITS (the bounds that depend on the model, such as the
 label range or a sampler's step limit, are the loaded model's and come from
 the resolver). The query string of every generation endpoint and the JSON
-body of POST /generate are these models; the resolver (app/generation.py)
+body of POST /generate are these models; the resolver (app/dependencies.py)
 turns them into one Generation.
 """
 from __future__ import annotations

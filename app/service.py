@@ -45,14 +45,24 @@ class Service:
         return self.worker.alive
 
     async def start(self, gen: Generation) -> Job:
-        """Admit the request by its cost (a refusal here costs nothing), then
-        build its seeded trajectories (scheduler tables, initial noise; off
-        the event loop for more than one image) and hand them to the worker."""
+        """Admit the request by its cost (a refusal here costs nothing: its
+        Problem is raised), then build its seeded trajectories (scheduler
+        tables, initial noise; off the event loop for more than one image)
+        and hand them to the worker."""
+        admitted = await self.admit(gen)
+        if isinstance(admitted, Problem):
+            raise admitted
+        return admitted
+
+    async def admit(self, gen: Generation) -> Job | Problem:
+        """As start, but a refusal is returned: a route answers it without
+        raising through the stack (under a burst of refusals that is ~0.1 ms
+        of each one's ~0.3)."""
         sm = gen.sampling
         admitted = self.worker.admit(Cost(gen.n, sm.steps, sm.unet_rows), self.settings.deadline_s, gen.model,
                                      gen.every)
         if isinstance(admitted, Problem):
-            raise admitted
+            return admitted
         job, pipe = admitted, self.pipes[gen.model]
         build = lambda: [pipe.start(sm, s) for s in gen.seeds]  # noqa: E731
         try:

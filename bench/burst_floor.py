@@ -9,7 +9,8 @@
    (httptools, uvloop).
 2. held: the service (shipped weights) with a full backlog and its engine
    held (tests/controlled_server.py `hold`), so the engine takes no CPU: the
-   cost of our stack (Starlette, FastAPI, our middleware, the door check).
+   cost of our stack (our HTTP protocol, the edge middleware, Starlette and
+   FastAPI's routing, the request's parsing and resolution, the admission).
 3. held + load in another process: as 2, with a NumPy GEMM load on every
    core in a separate process at nice 19, as the engine would be if it ran
    in a process of its own (tried: branch engine-process-experiment).
@@ -96,8 +97,8 @@ def bursts(url: str, k: int, n: int) -> dict:
             "p99_ms_each": [round(1e3 * p, 2) for p in p99s]}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None, prog=None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=str(paths.WEIGHTS))
     p.add_argument("--bursts", type=int, default=8)
     p.add_argument("--n", type=int, default=50, help="requests a burst")

@@ -10,11 +10,15 @@ declares its fields from.
 """
 from __future__ import annotations
 
-import secrets
+import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from .pipeline import SEED_MAX, DigitPipeline, InvalidParameter, Sampling, image_seeds
+from .schedulers import ETA_RANGE
 
 # (lowest, highest) of the parameters that do not depend on the model
 LIMITS: dict[str, tuple[float, float]] = {
@@ -23,12 +27,13 @@ LIMITS: dict[str, tuple[float, float]] = {
     "size": (28, 512),            # output pixels (nearest-neighbour upscale of the 28x28 sample)
     "every": (1, 100_000),        # past the step count it keeps the last step only
     "guidance_scale": (0.0, 10.0),
-    "eta": (0.0, 1.0),
+    "eta": ETA_RANGE,             # the samplers' own bound (checked by them)
 }
 FORMATS = ("png", "json")
 FRAMES = ("x0", "xt")
 # what a request that leaves them out gets
 DEFAULTS = {"n": 1, "size": 28, "format": "png", "frames": "x0"}
+_seeds = random.Random(os.urandom(32))
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,21 @@ class Generation:
         return -(-steps // k) + 1
 
 
+def default_model(names) -> str:
+    """The model a request that names none gets: the distilled student when
+    it is there (a digit in a few UNet rows), else the base model."""
+    return "fast" if "fast" in names else "base"
+
+
+def sample(pipe: DigitPipeline, gens: list[Generation]) -> np.ndarray:
+    """Every image of these generations (all of one model), stepped together:
+    (N, C, H, W) float32 in [-1, 1], generation by generation."""
+    trajectories = [pipe.start(g.sampling, s) for g in gens for s in g.seeds]
+    while not all(t.done for t in trajectories):
+        pipe.step(trajectories)
+    return np.clip(np.stack([t.sample[0] for t in trajectories]), -1, 1)
+
+
 def check_limit(field: str, value) -> None:
     """InvalidParameter unless `value` is a number within LIMITS[field]."""
     low, high = LIMITS[field]
@@ -88,9 +108,8 @@ def resolve(pipes: Mapping[str, DigitPipeline], default_model: str, *, model: st
         raise InvalidParameter("label", f"label is required: the digit to draw (0-{pipes[name].num_labels - 1})")
     asked = dict(label=label, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, eta=eta,
                  timesteps=timesteps)
-    for field in ("guidance_scale", "eta"):
-        if asked[field] is not None:
-            check_limit(field, asked[field])
+    if guidance_scale is not None:
+        check_limit("guidance_scale", guidance_scale)
     try:
         sampling = pipes[name].resolve(**asked)
     except InvalidParameter as e:
@@ -104,8 +123,8 @@ def resolve(pipes: Mapping[str, DigitPipeline], default_model: str, *, model: st
             raise InvalidParameter(field, f"{field} must be one of {', '.join(allowed)}, got {out[field]!r}")
     if every:
         check_limit("every", every)
-    if seed is None:
-        seed = secrets.randbelow(SEED_MAX + 1)
+    if seed is None:  # a seed is to reproduce, not a secret: no system call (and GIL release) a request
+        seed = _seeds.randrange(SEED_MAX + 1)
     check_limit("seed", seed)
     gen = Generation(name, sampling, seed, out["n"], out["size"], out["format"], out["frames"], every)
     if max_rows is not None and gen.rows > max_rows:

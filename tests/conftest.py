@@ -23,6 +23,7 @@ from engine.pipeline import DigitPipeline, SamplingDefaults
 runtime.configure()  # the engine's threads, as the service and the CLI set them up
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository's bench/ helpers (not an installed package)
 TINY_UNET = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                  add_attention=False, norm_num_groups=4, num_class_embeds=11)

@@ -22,7 +22,7 @@ ALLOWED = {
     "engine.models": {"engine.nn", "engine.io"},
     "engine": {"engine.models", "engine.nn"},     # engine/__init__.py: the public names
     "engine.pipeline": {"engine.models", "engine.schedulers", "engine.io", "engine.nn"},
-    "engine.generation": {"engine.pipeline"},    # a request resolved: what the service, CLI and eval all build
+    "engine.generation": {"engine.pipeline", "engine.schedulers"},    # a request resolved: what the service, CLI and eval all build
     "engine.training": ENGINE_CORE,
     "engine.evaluation": ENGINE_CORE | {"engine.training"},
     "app": ENGINE_CORE,

@@ -83,3 +83,13 @@ def test_burst_floor_bench_smoke_refuses_every_burst(tiny_weights, tmp_path):
     # the tiny model may finish its filler before the bursts end on a fast machine: then some are served
     assert running["requests_each"] == 5 and set(running["statuses"]) <= {200, 503}
     assert running["statuses"] == [503] or not running["engine_busy_throughout"]
+
+
+def test_crowd_bench_smoke_serves_every_client(tiny_weights, tmp_path):
+    out = tmp_path / "crowd.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "crowd.py"), "--weights", str(tiny_weights),
+                           "--idle", "50", "--trickling", "5", "--rounds", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for row in json.loads(out.read_text())["rows"].values():
+        assert all(c["ok"] == c["of"] == 2 for c in row["clients"].values()), row

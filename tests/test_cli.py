@@ -64,3 +64,21 @@ def test_serve_with_a_malformed_port_setting_says_which(tiny_weights):
     assert r.returncode == 2, r.stderr
     assert "DIGITGEN_PORT='tcp://10.96.0.12:80' is not a valid int" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_generate_runs_the_request_the_service_runs(tiny_weights, tmp_path, server):
+    """The same parameters give the same bytes from the command line as from
+    POST /generate: one resolver, one default model (the service's: fast when
+    it is there), the same seeds, the same PNG."""
+    import httpx
+
+    for args, params in [(["--seed", "42"], {"seed": 42}),
+                         (["--model", "base", "--seed", "9", "--steps", "3", "--scheduler", "ddim", "--eta", "0.5",
+                           "--size", "56"],
+                          {"model": "base", "seed": 9, "steps": 3, "scheduler": "ddim", "eta": 0.5, "size": 56})]:
+        r = digitgen("generate", "5", *args, "--weights", str(tiny_weights), "-o", str(tmp_path / "cli.png"))
+        assert r.returncode == 0, r.stderr
+        served = httpx.post(server.url + "/generate", params={"label": 5, "model": "fast", **params}, timeout=60)
+        assert served.status_code == 200 and served.content == (tmp_path / "cli.png").read_bytes(), args
+    bad = digitgen("generate", "5", "--eta", "0.5", "--model", "base", "--weights", str(tiny_weights))
+    assert bad.returncode == 2 and "eta is taken only by the ddim and tcd samplers" in bad.stderr

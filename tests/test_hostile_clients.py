@@ -8,14 +8,14 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ROOT, Server, free_port, service_command, service_env, sse_events
+from bench.crowd import Crowd
+from conftest import ROOT, Server, free_port, service_command, service_env
 from test_service_limits import in_background, wait_until_refused
 
 
@@ -23,56 +23,6 @@ def connect(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     return s
-
-
-class Crowd:
-    """`idle` silent sockets and `trickling` ones sending a head a byte at a
-    time, each reconnected as soon as the server closes it, until stopped."""
-
-    def __init__(self, port: int, idle: int, trickling: int):
-        self.port, self.stop_event = port, threading.Event()
-        self.reconnects = 0
-        self.threads = [threading.Thread(target=self._hold, args=(idle, False), daemon=True),
-                        threading.Thread(target=self._hold, args=(trickling, True), daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    def _hold(self, k: int, trickle: bool) -> None:
-        socks: list[socket.socket] = []
-        head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000
-        sent = 0
-        while not self.stop_event.is_set():
-            while len(socks) < k:
-                try:
-                    socks.append(socket.create_connection(("127.0.0.1", self.port), timeout=5))
-                except OSError:
-                    break
-            for s in list(socks):
-                try:
-                    s.setblocking(False)
-                    s.recv(1, socket.MSG_PEEK)  # anything at all (a 408, the end): the server closed it
-                    raise OSError
-                except BlockingIOError:  # nothing yet: still held
-                    pass
-                except OSError:
-                    socks.remove(s)
-                    s.close()
-                    self.reconnects += 1
-                    continue
-                if trickle:
-                    try:
-                        s.send(head[sent % len(head):sent % len(head) + 1])
-                    except OSError:
-                        pass
-            sent += 1
-            time.sleep(0.05)
-        for s in socks:
-            s.close()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(30)
 
 
 def test_a_crowd_of_idle_and_trickling_sockets_locks_nobody_out(tiny_weights, tmp_path):

@@ -46,9 +46,9 @@ def test_repeated_parameters_must_agree(client):
 
 
 @pytest.mark.parametrize("header, words", [
-    ("9" * 5000 + "-1", "should match pattern"),
-    ("abc", "should match pattern"),
-    ("-1-2", "should match pattern"),
+    ("9" * 5000 + "-1", "must be an id this stream sent"),   # the documented pattern, checked before any int()
+    ("abc", "must be an id this stream sent"),
+    ("-1-2", "must be an id this stream sent"),
     ("4294967296-1", "is not a seed"),   # past 2^32 - 1
     ("5-1001", "step 1001 of a 8-step run"),  # the step is checked against the run, whatever its sampler's limit
     ("5-9", "step 9 of a 8-step run"),

@@ -1,5 +1,5 @@
 """A small MNIST classifier built from the engine's own layers; the
-evaluation's judge (engine/evaluate.py): does a generated "7" read as a 7,
+evaluation's judge (engine/evaluation/evaluate.py): does a generated "7" read as a 7,
 and do generated digits' penultimate features sit where real digits' do
 (Fréchet distance)?
 

@@ -2,7 +2,7 @@
 
 Generates `--per-class` digits of every class with the service's sampler
 (the pipeline's default scheduler, steps and guidance unless overridden) and
-scores them with the in-project classifier (engine/classifier.py):
+scores them with the in-project classifier (engine/evaluation/classifier.py):
 
 * conditional accuracy: does the classifier read the digit that was asked
   for? Per class too, with the mean probability it gives the asked class;
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import paths
+from .. import generation, paths
 from ..io import WeightsError
 from ..io.data import NUM_CLASSES, DataError, from_model_range, load_mnist
 from ..nn import runtime
@@ -183,7 +183,9 @@ def evaluate(pipe: DigitPipeline, classifier: DigitClassifier, data: str | Path,
     classifier_train_images: the classifier trained on x_train[:this]; the
     rest are its held-out digits, drawn for the real-vs-real floor."""
     t_start = time.perf_counter()
-    chosen = pipe.resolve(0, steps, scheduler, guidance_scale, timesteps, eta)  # defaults filled, checked first
+    # defaults filled and checked first, as a request to the service is
+    chosen = generation.resolve({"evaluated": pipe}, "evaluated", label=0, steps=steps, scheduler=scheduler,
+                                guidance_scale=guidance_scale, timesteps=timesteps, eta=eta, seed=seed).sampling
     x_train, y_train = load_mnist(data, "train")
     x_test, y_test = load_mnist(data, "test")
     N = NUM_CLASSES * per_class

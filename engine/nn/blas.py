@@ -1,5 +1,5 @@
 """Keep BLAS single-threaded: the engine runs its own threads over
-cache-sized tiles (engine/nn/functional.py), and OpenBLAS's pool, nested
+cache-sized tiles (engine/nn/runtime.py), and OpenBLAS's pool, nested
 inside them, slows the tall and narrow GEMMs of small convolutions down
 (measured: B=64 forward 1.4-1.7 s with OpenBLAS threads vs 0.95 s without).
 

@@ -33,7 +33,6 @@ MAX_THREADS = 8
 class _Runtime:
     threads = 1
     pool: ThreadPoolExecutor | None = None
-    blas_single_threaded = False
 
 
 _rt = _Runtime()
@@ -53,7 +52,8 @@ def configure(threads: int | None = None) -> int:
         return n
     old, _rt.pool = _rt.pool, (ThreadPoolExecutor(n - 1, thread_name_prefix="digitgen") if n > 1 else None)
     _rt.threads = n
-    _rt.blas_single_threaded = n > 1 and set_blas_threads(1)
+    if n > 1:
+        set_blas_threads(1)
     if old is not None:
         old.shutdown(wait=True)
     return n
@@ -61,10 +61,6 @@ def configure(threads: int | None = None) -> int:
 
 def threads() -> int:
     return _rt.threads
-
-
-def blas_single_threaded() -> bool:
-    return _rt.blas_single_threaded
 
 
 # ---------------------------------------------------------------------------

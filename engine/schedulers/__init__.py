@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import NOISE_SCHEDULE_KEYS, NoiseSchedule, SchedulerOutput, check_eta
+from .common import ETA_RANGE, NOISE_SCHEDULE_KEYS, NoiseSchedule, SchedulerOutput, check_eta
 from .config import SchedulerConfig
 from .ddim import DDIMConfig, DDIMScheduler
 from .ddpm import DDPMConfig, DDPMScheduler
@@ -63,5 +63,5 @@ __all__ = [
     "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "SchedulerOutput",
     "TCDScheduler", "DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "SchedulerConfig", "TCDConfig",
     "CONSISTENCY_CLASSES", "ETA_SAMPLERS", "NOISE_SCHEDULE_KEYS", "NoiseSchedule", "SAMPLERS_FOR", "SCHEDULERS",
-    "STEP_OPTIONS", "check_eta", "make_scheduler",
+    "STEP_OPTIONS", "ETA_RANGE", "check_eta", "make_scheduler",
 ]

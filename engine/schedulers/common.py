@@ -196,12 +196,16 @@ def f32(x: float) -> np.float32:
     return np.float32(x)
 
 
+# above 1 the noise variance exceeds what the step leaves room for: NaN or a negative timestep
+ETA_RANGE = (0.0, 1.0)
+
+
 def check_eta(eta: Any) -> float:
-    """eta as a float, or ValueError: a number in [0, 1] (above 1 the noise
-    variance exceeds what the step leaves room for: NaN or a negative timestep)."""
+    """eta as a float, or ValueError: a number in ETA_RANGE."""
+    low, high = ETA_RANGE
     if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, (int, float, np.integer, np.floating)) \
-            or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+            or not low <= eta <= high:
+        raise ValueError(f"eta must be a number in [{low:g}, {high:g}], got {eta!r}")
     return float(eta)
 
 

@@ -12,6 +12,10 @@ import time
 from collections import deque
 from typing import Callable
 
+from engine.nn import runtime
+
+from . import memory
+
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -133,6 +137,10 @@ class ServiceMetrics:
         Gauge(r, "digitgen_ready", "1 when the weights are loaded and the engine worker runs.", lambda: self.ready_fn())
         Gauge(r, "digitgen_queue_depth", "Images waiting for a batch slot.", lambda: self.queue_depth_fn())
         Gauge(r, "digitgen_inflight_trajectories", "Trajectories in the engine's batch.", lambda: self.in_flight_fn())
+        Gauge(r, "digitgen_engine_scratch_bytes", "Bytes of the engine's reused buffers (they grow to the largest "
+              "batch run, then stay).", runtime.scratch_bytes)
+        Gauge(r, "digitgen_resident_bytes", "Resident memory of the process (Linux; 0 elsewhere).",
+              lambda: memory.rss_bytes() or 0)
         sizes, b = [], 1
         while b < max_batch:
             sizes.append(b)

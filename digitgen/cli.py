@@ -101,7 +101,8 @@ BENCHES = {"engine": "the UNet forward and training step (beside diffusers when 
            "service": "the HTTP service on loopback, base and fast models side by side",
            "ablation": "what the engine's inference design choices are worth",
            "burst_floor": "where a 503's time goes under a burst of 50, beside bare uvicorn",
-           "crowd": "idle and trickling sockets beside real clients"}
+           "crowd": "idle and trickling sockets beside real clients",
+           "memory": "where memory goes after heavy requests, and whether it comes back"}
 
 
 def cmd_bench(argv) -> int:

@@ -88,8 +88,17 @@ def test_burst_floor_bench_smoke_refuses_every_burst(tiny_weights, tmp_path):
 def test_crowd_bench_smoke_serves_every_client(tiny_weights, tmp_path):
     out = tmp_path / "crowd.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "crowd.py"), "--weights", str(tiny_weights),
-                           "--idle", "50", "--trickling", "5", "--rounds", "2", "--json", str(out)],
+                           "--crowds", "0:0,50:5", "--rounds", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     for row in json.loads(out.read_text())["rows"].values():
         assert all(c["ok"] == c["of"] == 2 for c in row["clients"].values()), row
+
+
+def test_memory_bench_smoke_reports_the_peak_and_what_stays(tiny_weights, tmp_path):
+    out = tmp_path / "memory.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--weights", str(tiny_weights),
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    row = json.loads(out.read_text())["row"]
+    assert row["peak_mb"] >= row["rss_after_mb"] > 0 and row["engine_scratch_mb"] > 0

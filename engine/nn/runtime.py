@@ -67,6 +67,15 @@ def threads() -> int:
 # Scratch buffers: grow-only, per thread and role, so hot loops do not pay for
 # fresh allocations (and their page faults) on every call.
 # ---------------------------------------------------------------------------
+_scratch_sizes: dict[tuple, int] = {}  # (thread, role, dtype) -> bytes held, for scratch_bytes()
+
+
+def scratch_bytes() -> int:
+    """Bytes the scratch buffers of every thread hold: they grow to the
+    largest batch run and stay, to be reused (the service shows it in /metrics)."""
+    return sum(_scratch_sizes.values())
+
+
 def scratch(role: str, shape: tuple[int, ...], dtype, fresh: bool = False) -> np.ndarray:
     """A reusable buffer of this shape. `fresh=True` asks for a new array
     instead when gradients are on: the caller caches it for backward."""
@@ -80,6 +89,7 @@ def scratch(role: str, shape: tuple[int, ...], dtype, fresh: bool = False) -> np
     buf = bufs.get(key)
     if buf is None or buf.size < size:
         buf = bufs[key] = np.empty(size, dtype)
+        _scratch_sizes[(threading.get_ident(), *key)] = buf.nbytes
     return buf[:size].reshape(shape)
 
 

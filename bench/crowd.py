@@ -1,9 +1,10 @@
 """Idle and trickling sockets beside real clients: what a crowd that only
 holds connections does to the service (`digitgen serve` on loopback).
 
-    python bench/crowd.py [--idle 2000] [--trickling 200] [--json bench/results/crowd.json]
+    python bench/crowd.py [--crowds 0:0,900:100,2000:200] [--json bench/results/crowd.json]
 
-For each crowd size (none, then the one asked), the crowd connects (silent
+For each crowd (silent:trickling sockets; the default budget for idle
+connections is 1,000, so the last one is over it), the crowd connects (silent
 sockets, and sockets sending a request head a byte every 50 ms), each
 reconnecting as soon as the server closes it, and then real clients ask
 /healthz, /readyz, /metrics and base-model digits one after another: how
@@ -104,15 +105,14 @@ def clients(url: str, rounds: int) -> dict:
 def main(argv=None, prog=None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=str(paths.WEIGHTS))
-    p.add_argument("--idle", type=int, default=2000)
-    p.add_argument("--trickling", type=int, default=200)
+    p.add_argument("--crowds", default="0:0,900:100,2000:200", help="silent:trickling sockets, comma-separated")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "crowd.json"))
     args = p.parse_args(argv)
     server = LocalServer(Path(args.weights))
     rows = {}
     try:
-        for idle, trickling in ((0, 0), (args.idle, args.trickling)):
+        for idle, trickling in (tuple(int(k) for k in c.split(":")) for c in args.crowds.split(",")):
             crowd = Crowd(server.port, idle, trickling)
             time.sleep(3)  # the crowd is in
             row = clients(server.url, args.rounds)

@@ -19,7 +19,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from engine import UNet2DModel
-from engine.evaluation import classifier
+from engine.models import classifier
 from engine.io import WeightsError, load_safetensors, save_safetensors
 from engine.io import weights as io_weights
 from engine.models import unet_2d

@@ -2,7 +2,13 @@
 
 Dev-only: needs torch + diffusers (the reference venv). From the repo root:
 
-    /work/devenv/torchvenv/bin/python tools/make_scheduler_fixtures.py
+    /work/devenv/torchvenv/bin/python tools/make_scheduler_fixtures.py [--rerecord]
+
+Arrays the fixture already holds are kept bit for bit, once this recording
+is checked to reproduce them (inputs exactly, outputs within 1e-4 of their
+scale): torch builds differ in the last bit (the local torch 2.13.0 CPU wheel
+rounds sqrt differently from the one that recorded them), and a rerun must
+not move the existing references. --rerecord replaces them with this run's.
 
 The npz holds plain arrays only (np.load(..., allow_pickle=False)). Each case
 lives under a key prefix "<sched>/<beta_schedule>/<spacing>/<steps>/<variant>":
@@ -22,20 +28,53 @@ lives under a key prefix "<sched>/<beta_schedule>/<spacing>/<steps>/<variant>":
 plus "<sched>/<beta_schedule>/add_noise/*" and "<sched>/default/config_json".
 Model outputs and noise are random (fixed seeds) and stored, so the tests do
 not depend on any RNG. Runs feed each step's prev_sample into the next step.
+
+RePaint, "repaint/<beta_schedule>/<steps>/<variant>" (variant j<jump_length>n<jump_n_sample>-eta<eta>...):
+
+  .../config, .../timesteps (int16)  as above, after set_timesteps(steps, jump_length, jump_n_sample)
+  .../set_timesteps   JSON bytes: those three arguments
+  .../init, .../original, .../mask   the start sample, the image and the mask (1 keep, 0 inpaint)
+  .../model_outputs   (model steps, *shape)  one per step down        } float16 (values drawn so, fed to
+  .../noise           (draws, *shape)  every noise drawn, in order:   }  diffusers as float32; halves
+                      one per step, T // n per undo_step              }  the largest arrays)
+  .../prev_sample     (len(timesteps), *shape)  the sample after each entry (step or undo_step)
+  .../pred_original   (model steps, *shape)
+
+run as diffusers' RePaintPipeline does (an entry not below the one before is an undo_step).
+
+Image-to-image, "img2img/<sched>/<beta_schedule>/<steps><variant>/config" and, per strength,
+"img2img/<sched>/<beta_schedule>/<steps><variant>/s<strength>/...":
+
+  .../timesteps        the timesteps the run steps through: diffusers'
+                       StableDiffusionImg2ImgPipeline.get_timesteps (its own code) after
+                       set_timesteps(steps); for lcm/tcd set_timesteps(steps, strength=...)
+                       (or timesteps=.../custom_timesteps), all of them
+  .../strength, .../t_start (diffusion: get_timesteps' t_start), .../begin_index (dpm)
+  .../error            (lcm/tcd) diffusers' ValueError instead of timesteps
+  and for "-run" variants: .../original, .../add_noise_noise, .../init (add_noise at the first
+  kept timestep, scheduler state as the pipeline has it), then model_outputs, noise (ddpm),
+  prev_sample, pred_original as for runs.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
+import diffusers
 import diffusers.schedulers.scheduling_lcm as lcm_module
+import diffusers.schedulers.scheduling_repaint as repaint_module
 import diffusers.schedulers.scheduling_tcd as tcd_module
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler, TCDScheduler
+from diffusers import (
+    DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler, RePaintScheduler, TCDScheduler,
+)
 
 torch.set_num_threads(1)
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "schedulers.npz"
@@ -48,6 +87,8 @@ SCHEDULES = {
 }
 SHAPE = (2, 1, 1, 2)      # batch of 2; the maths is element-wise so tiny arrays suffice
 SHAPE_LONG = (1, 1, 1, 2)  # for the 1000-step runs, to keep the file small
+REPAINT_MASK = np.array([1.0, 0.0], dtype=np.float32).reshape(SHAPE_LONG)  # one pixel kept, one inpainted
+STRENGTHS = (0.3, 0.5, 0.75, 1.0)
 
 
 def text(s: str) -> np.ndarray:
@@ -59,6 +100,30 @@ def config_json(sched) -> str:
     cfg = {k: v for k, v in sched.config.items() if k != "_use_default_values"}
     cfg["_class_name"] = type(sched).__name__
     return json.dumps(cfg, sort_keys=True)
+
+
+def img2img_get_timesteps():
+    """diffusers' StableDiffusionImg2ImgPipeline.get_timesteps, compiled from
+    its own source (importing the pipeline needs transformers): call it with
+    a stand-in pipeline, SimpleNamespace(scheduler=...)."""
+    path = Path(diffusers.__file__).parent / "pipelines" / "stable_diffusion" / "pipeline_stable_diffusion_img2img.py"
+    tree = ast.parse(path.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "StableDiffusionImg2ImgPipeline")
+    fn = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "get_timesteps")
+    namespace: dict = {}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["get_timesteps"]
+
+
+GET_TIMESTEPS = img2img_get_timesteps()
+
+
+def feed_noise(module, z: np.ndarray) -> None:
+    """Make `module`'s randn_tensor return z (for schedulers that draw their own noise)."""
+    def fake_randn(shape_, generator=None, device=None, dtype=None):
+        assert tuple(shape_) == z.shape
+        return torch.from_numpy(z.copy())
+    module.randn_tensor = fake_randn
 
 
 def x0_of(sched, model_output, t, sample):
@@ -148,6 +213,111 @@ class Recorder:
         if step_kwargs or start:
             self.put(f"{prefix}/step_kwargs", text(json.dumps({**step_kwargs, "start": start})))
 
+    def repaint(self, schedule: str, steps: int, jump_length: int, jump_n_sample: int, eta: float,
+                variant: str = "", run: bool = True, **config):
+        """A RePaint run as diffusers' RePaintPipeline steps it, recording every noise drawn."""
+        prefix = f"repaint/{schedule}/{steps}/j{jump_length}n{jump_n_sample}-eta{eta:g}{variant}"
+        sched = RePaintScheduler(**SCHEDULES[schedule], eta=eta, **config)
+        sched.set_timesteps(steps, jump_length, jump_n_sample)
+        self.put(f"{prefix}/config", text(config_json(sched)))
+        self.put(f"{prefix}/set_timesteps", text(json.dumps(
+            {"num_inference_steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample})))
+        self.put(f"{prefix}/timesteps", sched.timesteps.numpy().astype(np.int16))
+        if not run:
+            return
+        rng = np.random.default_rng(7000 + len(self.arrays))
+        init = rng.standard_normal(SHAPE_LONG, dtype=np.float32)
+        original = rng.uniform(-1, 1, SHAPE_LONG).astype(np.float32)
+        draws: list[np.ndarray] = []
+
+        def half(shape_):   # float16 values, exactly float32 too
+            return rng.standard_normal(shape_, dtype=np.float32).astype(np.float16)
+
+        def recording_randn(shape_, generator=None, device=None, dtype=None):
+            z = half(tuple(shape_))
+            draws.append(z)
+            return torch.from_numpy(z.astype(np.float32))
+
+        repaint_module.randn_tensor = recording_randn
+        model_outputs, prev, pred = [], [], []
+        x, orig, mask = (torch.from_numpy(a.copy()) for a in (init, original, REPAINT_MASK))
+        t_last = sched.timesteps[0] + 1
+        for t in sched.timesteps:   # RePaintPipeline.__call__'s loop
+            if t < t_last:
+                mo = half(SHAPE_LONG)
+                model_outputs.append(mo)
+                out = sched.step(torch.from_numpy(mo.astype(np.float32)), t, x, orig, mask)
+                x = out.prev_sample
+                pred.append(out.pred_original_sample.numpy())
+            else:
+                x = sched.undo_step(x, t_last)
+            t_last = t
+            prev.append(x.numpy())
+        for key, value in (("init", init), ("original", original), ("mask", REPAINT_MASK),
+                           ("model_outputs", np.stack(model_outputs)), ("noise", np.stack(draws)),
+                           ("prev_sample", np.stack(prev).astype(np.float32)),
+                           ("pred_original", np.stack(pred).astype(np.float32))):
+            self.put(f"{prefix}/{key}", value)
+
+    def img2img(self, kind: str, schedule: str, steps: int, strength: float, variant: str = "",
+                custom: list | None = None, run: bool = False, **config):
+        """The timesteps an image-to-image run at `strength` steps through, as
+        diffusers' pipelines pick them; with run, a run from a noised image."""
+        group = f"img2img/{kind}/{schedule}/{steps}{variant}"
+        prefix = f"{group}/s{strength:g}"
+        sched = CLASSES[kind](**SCHEDULES[schedule], **config)
+        cfg = text(config_json(sched))
+        if f"{group}/config" in self.arrays:   # one config for the strengths of a group
+            assert self.arrays[f"{group}/config"] == cfg, group
+        else:
+            self.put(f"{group}/config", cfg)
+        self.put(f"{prefix}/strength", np.float64(strength))
+        if kind in ("lcm", "tcd"):   # LatentConsistencyModelImg2ImgPipeline: strength goes to set_timesteps
+            if custom is not None:
+                self.put(f"{prefix}/custom_timesteps", np.asarray(custom, dtype=np.int64))
+            try:
+                if custom is None:
+                    sched.set_timesteps(steps, strength=strength)
+                else:
+                    sched.set_timesteps(timesteps=custom, strength=strength)
+            except ValueError as e:
+                self.put(f"{prefix}/error", text(str(e)))
+                return
+            self.put(f"{prefix}/timesteps", sched.timesteps.numpy().astype(np.int16))
+            return
+        sched.set_timesteps(steps)
+        timesteps, runs = GET_TIMESTEPS(SimpleNamespace(scheduler=sched), steps, strength, "cpu")
+        self.put(f"{prefix}/timesteps", timesteps.numpy().astype(np.int16))
+        self.put(f"{prefix}/t_start", np.int64(steps - runs))
+        if kind == "dpm":
+            self.put(f"{prefix}/begin_index", np.int64(sched.begin_index))
+        if not run:
+            return
+        rng = np.random.default_rng(9000 + len(self.arrays))
+        original = rng.uniform(-1, 1, SHAPE).astype(np.float32)
+        z0 = rng.standard_normal(SHAPE, dtype=np.float32)
+        n = len(timesteps)
+        model_outputs = rng.standard_normal((n, *SHAPE), dtype=np.float32)
+        noise = rng.standard_normal((n, *SHAPE), dtype=np.float32) if kind == "ddpm" else None
+        # the pipeline's prepare_latents: add_noise at latent_timestep = timesteps[:1]
+        x = sched.add_noise(torch.from_numpy(original.copy()), torch.from_numpy(z0.copy()), timesteps[:1])
+        init = x.numpy().copy()
+        prev, pred = [], []
+        for i, t in enumerate(timesteps):
+            mo = torch.from_numpy(model_outputs[i].copy())
+            if noise is not None:
+                feed_noise(ddpm_module, noise[i])
+            out = sched.step(mo, t, x)
+            pred.append((sched.model_outputs[-1] if kind == "dpm" else out.pred_original_sample).numpy())
+            x = out.prev_sample
+            prev.append(x.numpy())
+        for key, value in (("original", original), ("add_noise_noise", z0), ("init", init),
+                           ("model_outputs", model_outputs), ("prev_sample", np.stack(prev).astype(np.float32)),
+                           ("pred_original", np.stack(pred).astype(np.float32))):
+            self.put(f"{prefix}/{key}", value)
+        if noise is not None:
+            self.put(f"{prefix}/noise", noise)
+
     def add_noise(self, kind: str, schedule: str):
         sched = CLASSES[kind](**SCHEDULES[schedule])
         rng = np.random.default_rng(1000 + len(self.arrays))
@@ -166,6 +336,39 @@ class Recorder:
         if kind != "dpm":
             self.put(f"{prefix}/velocity",
                      sched.get_velocity(torch.from_numpy(x0), torch.from_numpy(noise), ts).numpy())
+
+
+OUTPUTS = ("prev_sample", "pred_original", "sigmas", "noisy", "velocity")   # what diffusers computed
+
+
+def keep_recorded(arrays: dict) -> None:
+    """Put back the arrays OUT already holds, after checking that this run
+    recorded the same thing: inputs, timesteps and configs exactly (less
+    _diffusers_version), outputs within 1e-4 of their scale (a rerun's
+    rounding, 1e-5 per step compounding over the long runs)."""
+    if not OUT.exists():
+        return
+    moved, worst = 0, 0.0
+    with np.load(OUT, allow_pickle=False) as old:
+        for key in old.files:
+            if key not in arrays:
+                continue   # a case no longer recorded: dropped
+            was, now = old[key], arrays[key]
+            assert was.dtype == now.dtype and was.shape == now.shape, key
+            if key.split("/")[-1] in OUTPUTS:
+                scale = max(1.0, float(np.abs(was).max()))
+                err = float(np.abs(was.astype(np.float64) - now).max()) / scale
+                assert err <= 1e-4, f"{key}: this recording differs from the fixture's by {err:.3g} of its scale"
+                moved += not np.array_equal(was, now)
+                worst = max(worst, err)
+            elif was.dtype.kind == "S" and key.endswith("config"):
+                strip = lambda a: {k: v for k, v in json.loads(a.item()).items() if k != "_diffusers_version"}
+                assert strip(was) == strip(now), key
+            else:
+                assert np.array_equal(was, now), key
+            arrays[key] = was
+    print(f"kept the {len(old.files)} recorded arrays ({moved} recorded again differ by up to {worst:.2g} "
+          "of their scale); --rerecord replaces them")
 
 
 def main() -> None:
@@ -297,6 +500,46 @@ def main() -> None:
         rec.add_noise("tcd", sched)
     rec.put("tcd/default/config_json", text(TCDScheduler().to_json_string()))
 
+    # --- RePaint; after TCD, for the same reason --------------------------------
+    rec.repaint("linear", 50, 1, 1, 0.0)
+    rec.repaint("linear", 50, 3, 2, 1.0)
+    rec.repaint("linear", 250, 10, 10, 0.0)                 # diffusers' RePaintPipeline defaults
+    rec.repaint("linear", 50, 3, 2, 0.5, "-noclip", clip_sample=False)
+    rec.repaint("linear", 33, 7, 3, 1.0)                    # T // n = 30: the top is 960, not 999
+    rec.repaint("squaredcos_cap_v2", 50, 10, 10, 1.0)
+    rec.repaint("squaredcos_cap_v2", 250, 3, 2, 0.0)
+    rec.repaint("linear", 20, 3, 3, 1.0, "-T500", num_train_timesteps=500)
+    for steps, jl, jn in ((1, 10, 10), (7, 10, 10), (10, 9, 2), (20, 1, 10), (100, 5, 4), (1000, 10, 10),
+                          (999, 1, 1), (1000, 1, 3)):
+        rec.repaint("linear", steps, jl, jn, 0.0, run=False)
+    rec.put("repaint/default/config_json", text(RePaintScheduler().to_json_string()))
+
+    # --- image-to-image strength; last of all ------------------------------------
+    for kind in ("ddpm", "ddim", "dpm"):
+        for steps in (3, 7, 20):
+            for strength in STRENGTHS:
+                rec.img2img(kind, "linear", steps, strength)
+    rec.img2img("dpm", "squaredcos_cap_v2", 25, 0.75, "-trailing", timestep_spacing="trailing")
+    rec.img2img("ddim", "linear", 20, 0.75, "-trailing", timestep_spacing="trailing")
+    for kind in ("lcm", "tcd"):
+        for steps in (1, 2, 4, 8):
+            for strength in STRENGTHS:
+                rec.img2img(kind, "linear", steps, strength, "-student", **student)
+        for strength in STRENGTHS:
+            rec.img2img(kind, "scaled_linear", 4, strength)   # diffusers' defaults
+            rec.img2img(kind, "linear", 4, strength, "-orig20", original_inference_steps=20, **student)
+            rec.img2img(kind, "linear", 4, strength, "-custom", custom=[999, 759, 499, 259], **student)
+        rec.img2img(kind, "linear", 20, 0.3, "-student", **student)   # 15 grid points for 20 steps: an error
+        rec.img2img(kind, "linear", 8, 0.1, "-student", **student)    # 5 for 8
+    # runs from a noised image, starting mid-schedule (DPM-Solver through set_begin_index)
+    rec.img2img("dpm", "linear", 20, 0.5, "-run", run=True)
+    rec.img2img("dpm", "linear", 20, 0.3, "-order3-run", run=True, solver_order=3)
+    rec.img2img("dpm", "squaredcos_cap_v2", 10, 0.75, "-run", run=True)
+    rec.img2img("ddpm", "linear", 20, 0.5, "-run", run=True)
+    rec.img2img("ddim", "linear", 20, 0.75, "-run", run=True)
+
+    if "--rerecord" not in sys.argv[1:]:
+        keep_recorded(rec.arrays)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **rec.arrays)
     print(f"wrote {len(rec.arrays)} arrays to {OUT} ({os.path.getsize(OUT) / 1024:.0f} KiB)")

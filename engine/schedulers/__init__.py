@@ -9,17 +9,27 @@ Each scheduler takes its frozen config dataclass (`DDPMConfig`, ...; see
 config.py) or that config's keys as keyword arguments. A config's noise
 schedule (`config.schedule`, a `NoiseSchedule`) is what a model's samplers
 must share; its keys are NOISE_SCHEDULE_KEYS.
+
+Image-to-image at `strength` (diffusers' img2img pipelines): a diffusion
+sampler sets its timesteps as usual and steps through them from index
+`img2img_start(n, strength)` (DPM-Solver told so by `set_begin_index`), the
+image noised there with `add_noise`; LCM and TCD take `set_timesteps(n,
+strength=...)` and step through all of theirs. `RePaintScheduler`
+(inpainting on a diffusion model's schedule) is no sampler of SCHEDULERS:
+its step takes the original image and the mask.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .common import ETA_RANGE, NOISE_SCHEDULE_KEYS, NoiseSchedule, SchedulerOutput, check_eta
-from .config import SchedulerConfig
+from .common import (ETA_RANGE, NOISE_SCHEDULE_KEYS, NoiseSchedule, SchedulerOutput, check_eta, check_strength,
+                     img2img_start)
+from .config import SamplerConfig, SchedulerConfig
 from .ddim import DDIMConfig, DDIMScheduler
 from .ddpm import DDPMConfig, DDPMScheduler
 from .dpm_solver import DPMSolverConfig, DPMSolverMultistepScheduler
 from .lcm import LCMConfig, LCMScheduler
+from .repaint import RePaintConfig, RePaintScheduler
 from .tcd import TCDConfig, TCDScheduler
 
 SCHEDULERS = {
@@ -63,5 +73,6 @@ __all__ = [
     "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "LCMScheduler", "SchedulerOutput",
     "TCDScheduler", "DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "SchedulerConfig", "TCDConfig",
     "CONSISTENCY_CLASSES", "ETA_SAMPLERS", "NOISE_SCHEDULE_KEYS", "NoiseSchedule", "SAMPLERS_FOR", "SCHEDULERS",
-    "STEP_OPTIONS", "ETA_RANGE", "check_eta", "make_scheduler",
+    "STEP_OPTIONS", "ETA_RANGE", "check_eta", "make_scheduler", "img2img_start", "check_strength", "RePaintConfig",
+    "RePaintScheduler", "SamplerConfig",
 ]

@@ -210,18 +210,46 @@ def check_eta(eta: Any) -> float:
 
 
 def draw_noise(shape: tuple, generator: np.random.Generator | None,
-               variance_noise: np.ndarray | None) -> np.ndarray:
+               variance_noise: np.ndarray | None, name: str = "variance_noise") -> np.ndarray:
     """Noise for a stochastic step: variance_noise if given, else from the
-    caller's generator, else from a fresh one (never the global RNG)."""
+    caller's generator, else from a fresh one (never the global RNG).
+    `name` is the caller's name for the explicit array, for its errors."""
     if variance_noise is not None:
         if generator is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        noise = as_f32(variance_noise, "variance_noise")
+            raise ValueError(f"pass either generator or {name}, not both")
+        noise = as_f32(variance_noise, name)
         if noise.shape != tuple(shape):
-            raise ValueError(f"variance_noise has shape {noise.shape}, expected {tuple(shape)}")
+            raise ValueError(f"{name} has shape {noise.shape}, expected {tuple(shape)}")
         return noise
     if generator is None:
         generator = np.random.default_rng()
     elif not isinstance(generator, np.random.Generator):
         raise ValueError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
     return generator.standard_normal(shape, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Image-to-image strength: how much of the schedule a run from a noised image
+# keeps (1 = all of it, from pure noise; 0 would keep none)
+# ---------------------------------------------------------------------------
+def check_strength(strength: Any) -> float:
+    """strength as a float, or ValueError: a number in (0, 1]."""
+    if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.integer, np.floating)) \
+            or not 0 < strength <= 1:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    return float(strength)
+
+
+def img2img_start(num_inference_steps: int, strength: float) -> int:
+    """The index of the first of `num_inference_steps` timesteps an
+    image-to-image run at `strength` steps through: diffusers'
+    StableDiffusionImg2ImgPipeline.get_timesteps, t_start (times the
+    scheduler's order, 1 for all here), with its Python float rounding
+    (int(7 * 0.3) = 2 steps run). It runs the last int(n * strength) steps;
+    `num_inference_steps` itself means none runs, which the caller refuses."""
+    if isinstance(num_inference_steps, (bool, np.bool_)) or not isinstance(num_inference_steps, (int, np.integer)) \
+            or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+    n = int(num_inference_steps)
+    init_timestep = min(int(n * check_strength(strength)), n)
+    return max(n - init_timestep, 0)

@@ -1,13 +1,14 @@
 """Scheduler configs: what they share, and how a scheduler holds one.
 
 Each scheduler module defines a frozen dataclass (e.g. `DDPMConfig`) that,
-with the keys it inherits from `SchedulerConfig`, holds every key diffusers
-writes into that class's scheduler_config.json, each default written once:
-here where all schedulers share it, in the subclass where it differs.
-`SchedulerConfig` also makes values plain (JSON-friendly), rejects the keys
-accepted only at their default (`UNSUPPORTED`, with the reason), checks the
-shared keys, and loads from a dict. `ConfigMixin` binds a scheduler class to
-its config class.
+with the keys it inherits, holds every key diffusers writes into that class's
+scheduler_config.json, each default written once: here where schedulers
+share it, in the subclass where it differs. `SchedulerConfig` holds the
+noise schedule's keys (all RePaint adds its own to) and the machinery: it
+makes values plain (JSON-friendly), rejects the keys accepted only at their
+default (`UNSUPPORTED`, with the reason), checks, and loads from a dict;
+`SamplerConfig` adds the keys the five samplers share. `ConfigMixin` binds
+a scheduler class to its config class.
 """
 from __future__ import annotations
 
@@ -70,8 +71,10 @@ def _set_each(config, convert) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
-    """The keys all four diffusers schedulers have; a subclass adds its own
-    and redeclares a key whose default differs (it keeps its place).
+    """The keys every scheduler here has, its noise schedule, and the config
+    machinery. RePaint's config adds its own keys to these alone (diffusers'
+    RePaintScheduler has no prediction_type, spacing or thresholding keys);
+    the samplers' configs build on `SamplerConfig`.
 
     Building one makes its values plain Python, rejects unsupported values,
     then runs `validate()`, which a subclass extends with its own checks.
@@ -80,23 +83,13 @@ class SchedulerConfig:
     _class_name: ClassVar[str] = "SchedulerConfig"  # a subclass: its scheduler, as diffusers names it
     # keys accepted only at their default, so diffusers configs load but
     # e.g. thresholding=True fails instead of being silently ignored
-    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
-        "thresholding": "dynamic thresholding is not implemented",
-        "rescale_betas_zero_snr": "zero-terminal-SNR rescaling is not implemented",
-    }
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {}
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     trained_betas: tuple[float, ...] | None = None
-    prediction_type: str = "epsilon"
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
-    timestep_spacing: str = "leading"
-    steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self) -> None:
         _set_each(self, _plain)
@@ -110,16 +103,11 @@ class SchedulerConfig:
         _set_each(self, lambda v: tuple(v) if isinstance(v, list) else v)
 
     def validate(self) -> None:
-        """Checks of the keys every scheduler has."""
+        """Checks of the noise schedule's keys."""
         check_int("num_train_timesteps", self.num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
         check_float("beta_start", self.beta_start)
         check_float("beta_end", self.beta_end)
         check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
-        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        check_int("steps_offset", self.steps_offset, 0)
-        check_float("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio)
-        check_float("sample_max_value", self.sample_max_value)
         tb = self.trained_betas
         if tb is not None:
             if not isinstance(tb, (list, tuple)) or not all(
@@ -145,7 +133,7 @@ class SchedulerConfig:
         return {f.name: f.default for f in dataclasses.fields(cls)}
 
     def to_dict(self) -> dict[str, Any]:
-        """Every key (SchedulerConfig's first), as JSON values (tuples as lists)."""
+        """Every key (the base classes' first), as JSON values (tuples as lists)."""
         return {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
@@ -166,12 +154,43 @@ class SchedulerConfig:
         return cls(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig(SchedulerConfig):
+    """The keys the five samplers' diffusers schedulers all have; a subclass
+    adds its own and redeclares a key whose default differs (it keeps its place)."""
+
+    _class_name: ClassVar[str] = "SamplerConfig"
+    UNSUPPORTED: ClassVar[Mapping[str, str]] = {
+        "thresholding": "dynamic thresholding is not implemented",
+        "rescale_betas_zero_snr": "zero-terminal-SNR rescaling is not implemented",
+    }
+
+    prediction_type: str = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0
+    rescale_betas_zero_snr: bool = False
+
+    def validate(self) -> None:
+        """Checks of the keys every sampler has."""
+        super().validate()
+        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        check_int("steps_offset", self.steps_offset, 0)
+        check_float("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio)
+        check_float("sample_max_value", self.sample_max_value)
+
+
 def _json(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
 def _keys_of_all_configs() -> set[str]:
-    return {f.name for c in SchedulerConfig.__subclasses__() for f in dataclasses.fields(c)}
+    # the samplers' keys: RePaint's own (eta) stay unknown to them, so a stray
+    # eta in a sampler's config is still an error
+    return {f.name for c in SamplerConfig.__subclasses__() for f in dataclasses.fields(c)}
 
 
 class ConfigMixin:

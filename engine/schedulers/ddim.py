@@ -6,13 +6,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .common import SchedulerOutput, as_f32, as_timestep, check_eta, draw_noise, f32, x0_and_eps
-from .config import ConfigMixin, SchedulerConfig, check_bool, check_float
+from .config import ConfigMixin, SamplerConfig, check_bool, check_float
 from .noise_table import NoiseTableMixin
 
 
 @dataclass(frozen=True)
-class DDIMConfig(SchedulerConfig):
-    """diffusers' DDIMScheduler config: SchedulerConfig's keys and these, in
+class DDIMConfig(SamplerConfig):
+    """diffusers' DDIMScheduler config: SamplerConfig's keys and these, in
     diffusers' relative order, with diffusers' defaults."""
     _class_name = "DDIMScheduler"
     clip_sample: bool = True

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32
-from .config import ConfigMixin, SchedulerConfig, check_bool, check_float
+from .config import ConfigMixin, SamplerConfig, check_bool, check_float
 from .noise_table import NoiseTableMixin
 
 # None is what a DPM-Solver config carries; diffusers' DDPM then behaves as fixed_small.
@@ -14,8 +14,8 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", None)
 
 
 @dataclass(frozen=True)
-class DDPMConfig(SchedulerConfig):
-    """diffusers' DDPMScheduler config: SchedulerConfig's keys and these, in
+class DDPMConfig(SamplerConfig):
+    """diffusers' DDPMScheduler config: SamplerConfig's keys and these, in
     diffusers' relative order, with diffusers' defaults."""
     _class_name = "DDPMScheduler"
     variance_type: str | None = "fixed_small"

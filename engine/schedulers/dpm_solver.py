@@ -3,6 +3,8 @@ DPMSolverMultistepScheduler with algorithm_type="dpmsolver++".
 
 Stateful: it keeps the last `solver_order` x0 predictions and a step
 counter, so use one instance per sampling run; set_timesteps() resets it.
+A run may start mid-schedule (image-to-image): set_begin_index(t_start), as
+diffusers' img2img pipelines call it, or a first step() at that timestep.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from .common import (
     NoiseSchedule, SchedulerOutput, as_f32, as_timestep, as_timestep_array, check_num_inference_steps, f32,
     per_sample,
 )
-from .config import ConfigMixin, SchedulerConfig, check_bool, check_choice, check_float, check_int
+from .config import ConfigMixin, SamplerConfig, check_bool, check_choice, check_float, check_int
 
 # A DDPM config carries a fixed_* variance_type; diffusers' DPM ignores it.
 _IGNORED_VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
@@ -46,12 +48,12 @@ def _lambda(alpha_t, sigma_t):
 
 
 @dataclass(frozen=True)
-class DPMSolverConfig(SchedulerConfig):
-    """diffusers' DPMSolverMultistepScheduler config: SchedulerConfig's keys and these, in
+class DPMSolverConfig(SamplerConfig):
+    """diffusers' DPMSolverMultistepScheduler config: SamplerConfig's keys and these, in
     diffusers' relative order, with diffusers' defaults."""
     _class_name = "DPMSolverMultistepScheduler"
     UNSUPPORTED = {
-        **SchedulerConfig.UNSUPPORTED,
+        **SamplerConfig.UNSUPPORTED,
         "use_karras_sigmas": "only the plain sigma schedule is implemented",
         "use_exponential_sigmas": "only the plain sigma schedule is implemented",
         "use_beta_sigmas": "only the plain sigma schedule is implemented",
@@ -59,7 +61,7 @@ class DPMSolverConfig(SchedulerConfig):
         "use_flow_sigmas": "flow-matching models are not supported",
         "use_dynamic_shifting": "flow-matching models are not supported",
     }
-    timestep_spacing: str = "linspace"  # differs from SchedulerConfig's
+    timestep_spacing: str = "linspace"  # differs from SamplerConfig's
     solver_order: int = 2
     algorithm_type: str = "dpmsolver++"
     solver_type: str = "midpoint"
@@ -116,6 +118,7 @@ class DPMSolverMultistepScheduler(ConfigMixin, config=DPMSolverConfig):
         self.model_outputs: list[np.ndarray | None] = [None] * self.settings.solver_order
         self.lower_order_nums = 0
         self.step_index: int | None = None
+        self.begin_index: int | None = None  # set_begin_index's; set_timesteps clears it, as in diffusers
 
     def _timesteps(self, n: int) -> np.ndarray:
         """The timestep list for n steps, as diffusers spaces it; ValueError
@@ -171,8 +174,30 @@ class DPMSolverMultistepScheduler(ConfigMixin, config=DPMSolverConfig):
         self.num_inference_steps = len(ts)
         self._reset_state()
 
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the run at timesteps[begin_index] (diffusers' set_begin_index,
+        which its img2img pipelines call with img2img_start's t_start): the
+        first step() is taken there, first order, with no earlier outputs.
+        After set_timesteps(), which clears it; diffusers ignores the first
+        step's timestep then, here it must be timesteps[begin_index]."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps() before set_begin_index()")
+        if self.step_index is not None:
+            raise ValueError("set_begin_index() must come before the first step()")
+        check_int("begin_index", begin_index, 0, len(self.timesteps) - 1)
+        self.begin_index = int(begin_index)
+
     def scale_model_input(self, sample, timestep=None) -> np.ndarray:
         return as_f32(sample, "sample")
+
+    def _first_index(self, t: int) -> int:
+        if self.begin_index is None:
+            return self._index_of(t)
+        if t != self.timesteps[self.begin_index]:
+            # diffusers would step from begin_index whatever t says
+            raise ValueError(f"timestep {t} is not timesteps[begin_index={self.begin_index}] = "
+                             f"{int(self.timesteps[self.begin_index])}, where set_begin_index() starts the run")
+        return self.begin_index
 
     def _index_of(self, t: int) -> int:
         (where,) = np.nonzero(self.timesteps == t)
@@ -198,7 +223,8 @@ class DPMSolverMultistepScheduler(ConfigMixin, config=DPMSolverConfig):
         uniform API; the deterministic dpmsolver++ never uses noise. As in
         diffusers, only the first call's timestep matters (it sets the
         position, so a run may start mid-schedule); later calls advance an
-        internal counter."""
+        internal counter. After set_begin_index() the first timestep must
+        be the one it names."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step()")
         cfg = self.settings
@@ -207,7 +233,7 @@ class DPMSolverMultistepScheduler(ConfigMixin, config=DPMSolverConfig):
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
         if self.step_index is None:
-            self.step_index = self._index_of(as_timestep(timestep, cfg.num_train_timesteps))
+            self.step_index = self._first_index(as_timestep(timestep, cfg.num_train_timesteps))
         n, i = len(self.timesteps), self.step_index
         if i >= n:
             raise ValueError("all timesteps have been stepped; call set_timesteps() to start a new run")
@@ -275,7 +301,11 @@ class DPMSolverMultistepScheduler(ConfigMixin, config=DPMSolverConfig):
         """Noise to the level of listed timesteps, using this schedule's sigmas
         (diffusers' DPM add_noise). Requires set_timesteps(); a timestep not in
         the list is an error (diffusers silently uses the last step's sigma,
-        and before set_timesteps it reads the sigma table backwards)."""
+        and before set_timesteps it reads the sigma table backwards). Each
+        sample takes its own timestep's sigma: once set_begin_index() ran,
+        diffusers takes begin_index's (or, after a step, step_index's) for
+        all, the same sigma for the timestep its img2img and inpainting
+        pipelines pass."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before add_noise()")
         x0 = as_f32(original_samples, "original_samples")

@@ -13,17 +13,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import SchedulerOutput, as_f32, as_timestep, draw_noise, f32
-from .config import ConfigMixin, SchedulerConfig, check_bool, check_float, check_int
+from .common import SchedulerOutput, as_f32, as_timestep, check_strength, draw_noise, f32, img2img_start
+from .config import ConfigMixin, SamplerConfig, check_bool, check_float, check_int
 from .noise_table import NoiseTableMixin
 
 SIGMA_DATA = 0.5  # diffusers' fixed value for the boundary-condition scalings
 
 
-def lcm_origin_timesteps(num_train_timesteps: int, original_inference_steps: int) -> np.ndarray:
-    """The distillation grid, ascending: k-1, 2k-1, ..., with k = T // original steps."""
+def lcm_origin_timesteps(num_train_timesteps: int, original_inference_steps: int,
+                         strength: float = 1.0) -> np.ndarray:
+    """The distillation grid, ascending: k-1, 2k-1, ..., with k = T // original steps;
+    at strength < 1 (image-to-image) only its int(original steps * strength)
+    least noisy points, as diffusers truncates it (Python float rounding)."""
     k = num_train_timesteps // original_inference_steps
-    return np.arange(1, original_inference_steps + 1, dtype=np.int64) * k - 1
+    return np.arange(1, int(original_inference_steps * strength) + 1, dtype=np.int64) * k - 1
 
 
 def boundary_scalings(timesteps, timestep_scaling: float) -> tuple[np.ndarray, np.ndarray]:
@@ -50,11 +53,11 @@ def check_custom_timesteps(timesteps, grid: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class LCMConfig(SchedulerConfig):
-    """diffusers' LCMScheduler config: SchedulerConfig's keys and these, in
+class LCMConfig(SamplerConfig):
+    """diffusers' LCMScheduler config: SamplerConfig's keys and these, in
     diffusers' relative order, with diffusers' defaults."""
     _class_name = "LCMScheduler"
-    # the schedule of Stable Diffusion, which LCM was made for; differs from SchedulerConfig's
+    # the schedule of Stable Diffusion, which LCM was made for; differs from SamplerConfig's
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
@@ -89,31 +92,51 @@ class LCMScheduler(NoiseTableMixin, ConfigMixin, config=LCMConfig):
     def max_inference_steps(self) -> int:
         return self.settings.original_inference_steps
 
-    def set_timesteps(self, num_inference_steps: int | None = None, timesteps=None) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, timesteps=None, strength: float = 1.0) -> None:
         """n timesteps evenly spaced, by index, on the distillation grid
         (descending from its last point, T - 1 for the usual grid); or, like
         diffusers' `set_timesteps(timesteps=[...])`, a list chosen by hand:
         strictly descending points of the grid (diffusers only warns about a
-        point off the grid; here it is an error, the model never saw it)."""
+        point off the grid; here it is an error, the model never saw it).
+
+        `strength` in (0, 1] is diffusers' image-to-image strength: the n
+        timesteps are spaced over the grid's int(original_inference_steps *
+        strength) least noisy points instead (fewer points than n is an
+        error, as in diffusers), so the run starts that far down. A
+        hand-picked list keeps its last int(len * strength) timesteps, as
+        img2img_start does (diffusers then still counts the whole list in
+        num_inference_steps, so its last step re-noises; here
+        num_inference_steps is the count kept)."""
         cfg = self.settings
-        origin = lcm_origin_timesteps(cfg.num_train_timesteps, cfg.original_inference_steps)[::-1]
+        strength = check_strength(strength)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps and timesteps")
         if timesteps is not None:
-            self.timesteps = check_custom_timesteps(timesteps, origin)
-            self.num_inference_steps = len(self.timesteps)
-            self._step_index = None
+            grid = lcm_origin_timesteps(cfg.num_train_timesteps, cfg.original_inference_steps)[::-1]
+            ts = check_custom_timesteps(timesteps, grid)
+            start = img2img_start(len(ts), strength) * self.order
+            if start == len(ts):
+                raise ValueError(f"strength={strength:g} keeps int({len(ts)} x {strength:g}) = 0 of the "
+                                 f"{len(ts)} hand-picked timesteps")
+            self._set(ts[start:].copy())
             return
+        origin = lcm_origin_timesteps(cfg.num_train_timesteps, cfg.original_inference_steps, strength)[::-1]
         n = num_inference_steps
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
             raise ValueError(f"num_inference_steps must be an int, got {n!r}")
         n = int(n)
-        if not 1 <= n <= self.max_inference_steps:
-            raise ValueError(f"num_inference_steps must be between 1 and original_inference_steps="
-                             f"{self.max_inference_steps} (the grid this model was distilled on), got {n}")
+        if not 1 <= n <= len(origin):
+            points = f"original_inference_steps={cfg.original_inference_steps}"
+            if strength < 1:
+                points = f"int({points} x strength {strength:g}) = {len(origin)}"
+            raise ValueError(f"num_inference_steps must be between 1 and {points} (the points of the grid this "
+                             f"model was distilled on{' that the strength keeps' if strength < 1 else ''}), got {n}")
         indices = np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)
-        self.num_inference_steps = n
-        self.timesteps = origin[indices].copy()
+        self._set(origin[indices].copy())
+
+    def _set(self, timesteps: np.ndarray) -> None:
+        self.timesteps = timesteps
+        self.num_inference_steps = len(timesteps)
         self._step_index = None
 
     def _step_inputs(self, model_output, timestep, sample) -> tuple[np.ndarray, np.ndarray, int, int]:

@@ -21,10 +21,16 @@ import numpy as np
 from .io import WeightsError, read_json
 from .models.runner import InferenceRunner
 from .models.unet_2d import UNet2DModel
-from .schedulers import ETA_SAMPLERS, SAMPLERS_FOR, STEP_OPTIONS, SchedulerConfig, check_eta
+from .blend import BlendedNoise, class_weights, slerp
+from .schedulers import (CONSISTENCY_CLASSES, ETA_SAMPLERS, SAMPLERS_FOR, STEP_OPTIONS, RePaintScheduler,
+                         SchedulerConfig, SchedulerOutput, check_eta, img2img_start)
 from .schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
 SCHEDULERS = SAMPLERS_FOR["DDPMScheduler"]  # the samplers of a diffusion model
+# repaint's resampling by default: every JUMP_LENGTH steps, go back up and redo them JUMP_N_SAMPLE times
+# in all (diffusers' defaults are 10 and 10 at 250 steps; chosen for the service by the inpainting eval)
+JUMP_LENGTH, JUMP_N_SAMPLE = 5, 3
+MAX_JUMPS = 50
 SEED_MAX = 2**32 - 1  # seeds are unsigned 32-bit: the service's bound, and where image_seeds wraps
 
 
@@ -67,6 +73,11 @@ class Sampling:
     guidance_scale: float
     timesteps: tuple[int, ...] | None = None  # the scheduler's own spacing when None
     eta: float | None = None  # the fresh noise a step adds, for ETA_SAMPLERS; None for the others
+    # image-to-image: the share of the schedule run from the given image (None: from pure noise)
+    strength: float | None = None
+    inpaint: bool = False     # keep the given image's pixels where the mask says (repaint on a diffusion model)
+    jumps: tuple[int, int] | None = None  # repaint's (jump_length, jump_n_sample)
+    evaluations: int = 0      # UNet evaluations a trajectory takes (0: steps); what it costs and how many frames
 
     @property
     def step_arguments(self) -> dict:
@@ -76,6 +87,11 @@ class Sampling:
         if self.eta is not None:
             options["eta"] = self.eta
         return options
+
+    @property
+    def model_steps(self) -> int:
+        """The steps that evaluate the UNet: its frames and its cost."""
+        return self.evaluations or self.steps
 
     @property
     def unet_rows(self) -> int:
@@ -105,20 +121,24 @@ class Trajectory:
     scheduler: object                        # its own scheduler instance (state, timesteps)
     generator: np.random.Generator           # its own noise
     sample: np.ndarray                       # current x_t, (1, C, H, W)
-    index: int = 0                           # steps taken so far
+    index: int = 0                           # UNet steps taken so far
+    cursor: int = 0                          # where it is in scheduler.timesteps (repaint's jumps, img2img's start)
+    source: np.ndarray | None = field(default=None, repr=False)  # image-to-image / inpainting: (1, C, H, W)
+    keep: np.ndarray | None = field(default=None, repr=False)    # inpainting: 1 where the source is kept
+    class_weights: np.ndarray | None = field(default=None, repr=False)  # a morph's mix of two labels
     latest: StepResult | None = field(default=None, repr=False)  # the last step's result
 
     @property
     def steps(self) -> int:
-        return self.sampling.steps
+        return self.sampling.model_steps
 
     @property
     def done(self) -> bool:
-        return self.index >= self.sampling.steps
+        return self.index >= self.steps
 
     @property
     def timestep(self) -> int:
-        return int(self.scheduler.timesteps[self.index])
+        return int(self.scheduler.timesteps[self.cursor])
 
 
 class DigitPipeline:
@@ -215,17 +235,24 @@ class DigitPipeline:
 
     # -- trajectories --------------------------------------------------------
     def _scheduler(self, name: str):
-        """A fresh scheduler for sampler `name`, from its config checked at load."""
-        return SCHEDULER_CLASSES[name](self.sampler_configs[name])
+        """A fresh scheduler for sampler `name` (or "repaint", a diffusion
+        model's inpainting), from its config checked at load."""
+        return (RePaintScheduler if name == "repaint" else SCHEDULER_CLASSES[name])(self.sampler_configs[name])
 
     def resolve(self, label: int, steps: int | None = None, scheduler: str | None = None,
-                guidance_scale: float | None = None, timesteps=None, eta: float | None = None) -> Sampling:
+                guidance_scale: float | None = None, timesteps=None, eta: float | None = None,
+                strength: float | None = None, inpaint: bool = False, jump_length: int | None = None,
+                jump_n_sample: int | None = None) -> Sampling:
         """The one place sampling parameters meet the model: defaults filled
         in, then label, sampler, step count, guidance and eta checked against it.
         `timesteps`, a hand-picked schedule (lcm and tcd only), sets the step count.
+        `strength` (image-to-image) and `inpaint` (with its resampling jumps on
+        a diffusion model) say how the run starts and what it costs.
         Raises InvalidParameter naming the field."""
         d = self.defaults
         name = d.scheduler if scheduler is None else scheduler
+        if timesteps is not None and strength is not None:
+            raise InvalidParameter("strength", "strength picks the timesteps itself: give no hand-picked ones")
         if timesteps is not None:
             if steps is not None and steps != len(timesteps):
                 raise InvalidParameter("timesteps", f"{len(timesteps)} timesteps given for {steps} steps")
@@ -256,8 +283,56 @@ class DigitPipeline:
                 raise InvalidParameter("timesteps", str(e)) from None
         else:
             timesteps = (d.timesteps or {}).get(str(int(steps))) if name == d.scheduler else None
-        return Sampling(int(label), int(steps), name, float(g),
-                        None if timesteps is None else tuple(int(t) for t in timesteps), eta)
+        plain = Sampling(int(label), int(steps), name, float(g),
+                         None if timesteps is None else tuple(int(t) for t in timesteps), eta)
+        return self._resolve_edit(plain, scheduler, strength, inpaint, jump_length, jump_n_sample)
+
+    def _resolve_edit(self, sampling: Sampling, scheduler: str | None, strength, inpaint: bool, jump_length,
+                      jump_n_sample) -> Sampling:
+        """Image-to-image and inpainting on top of a resolved sampling."""
+        consistency = self.scheduler_class in CONSISTENCY_CLASSES
+        if (jump_length is not None or jump_n_sample is not None) and (not inpaint or consistency):
+            field = "jump_length" if jump_length is not None else "jump_n_sample"
+            raise InvalidParameter(field, f"{field} is repaint's, for inpainting (a mask) with a diffusion model")
+        if strength is not None:
+            if inpaint:
+                raise InvalidParameter("strength", "strength is for image-to-image without a mask; inpainting "
+                                                   "starts from noise and keeps the unmasked pixels")
+            return self._resolve_strength(sampling, strength, consistency)
+        if not inpaint:
+            return sampling
+        if consistency:
+            return dataclasses.replace(sampling, inpaint=True)
+        if scheduler is not None:
+            raise InvalidParameter("scheduler", "inpainting on this model samples with repaint (RePaint's "
+                                                "resampling of the known region): leave scheduler out")
+        jumps = (JUMP_LENGTH if jump_length is None else jump_length,
+                 JUMP_N_SAMPLE if jump_n_sample is None else jump_n_sample)
+        for field, value in zip(("jump_length", "jump_n_sample"), jumps):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_JUMPS:
+                raise InvalidParameter(field, f"{field} must be an integer 1-{MAX_JUMPS}, got {value!r}")
+        if sampling.eta is not None:
+            raise InvalidParameter("eta", "inpainting on this model samples with repaint, which takes no eta")
+        evaluations = RePaintScheduler.model_steps(sampling.steps, *jumps)
+        return dataclasses.replace(sampling, scheduler="repaint", inpaint=True, jumps=tuple(int(j) for j in jumps),
+                                   evaluations=evaluations)
+
+    def _resolve_strength(self, sampling: Sampling, strength, consistency: bool) -> Sampling:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)) \
+                or not 0 < strength <= 1:
+            raise InvalidParameter("strength", f"strength must be a number in (0, 1], got {strength!r}")
+        strength = float(strength)
+        if not consistency:
+            runs = sampling.steps - img2img_start(sampling.steps, strength)
+            if runs < 1:
+                raise InvalidParameter("strength", f"strength {strength:g} of {sampling.steps} steps runs no step "
+                                                   f"(image-to-image runs int(steps x strength)): raise either")
+            return dataclasses.replace(sampling, strength=strength, evaluations=runs)
+        try:  # the shortened distillation grid must still hold `steps` points
+            self._scheduler(sampling.scheduler).set_timesteps(sampling.steps, strength=strength)
+        except ValueError as e:
+            raise InvalidParameter("strength", str(e)) from None
+        return dataclasses.replace(sampling, strength=strength, timesteps=None)
 
     def _resolve_eta(self, name: str, eta) -> float | None:
         """Sampler `name`'s eta: the one given, checked, else its default;
@@ -274,35 +349,79 @@ class DigitPipeline:
         except ValueError as e:
             raise InvalidParameter("eta", str(e)) from None
 
-    def start(self, sampling: Sampling, seed: int) -> Trajectory:
-        """A trajectory at x_T, drawn from its own generator seeded with `seed`."""
-        sched = self._scheduler(sampling.scheduler)
+    def start(self, sampling: Sampling, seed: int, source: np.ndarray | None = None, mask: np.ndarray | None = None,
+              blend: tuple[int, int, float] | None = None) -> Trajectory:
+        """A trajectory at its first timestep, drawn from its own generator
+        seeded with `seed` (the same first draw whatever else is asked):
+        pure noise; or, image-to-image (sampling.strength), `source` (1, C, H,
+        W) in [-1, 1] noised to where the shortened schedule starts; or,
+        inpainting (sampling.inpaint), pure noise and `mask` (1, H, W) with 1
+        where the model draws; or, a morph's frame, `blend` = (seed_b, label_b,
+        alpha): the noise slerped toward seed_b's and the class embedding mixed
+        toward label_b's (engine/blend.py)."""
+        sched = self._scheduler("repaint" if sampling.jumps else sampling.scheduler)
+        gen = np.random.default_rng(seed)
+        shape = (1, *self.sample_shape)
+        noise = gen.standard_normal(shape, dtype=np.float32)
+        weights = None
+        if blend is not None:
+            seed_b, label_b, alpha = blend
+            gen_b = np.random.default_rng(seed_b)
+            noise = slerp(noise, gen_b.standard_normal(shape, dtype=np.float32), alpha)
+            gen = BlendedNoise(gen, gen_b, alpha)
+            weights = class_weights(sampling.label, label_b, alpha, self.unet.config.num_class_embeds)
+        cursor = self._set_timesteps(sched, sampling)
+        if sampling.strength is not None:
+            x = sched.add_noise(source, noise, np.array([int(sched.timesteps[cursor])]))
+        else:
+            x = noise * np.float32(sched.init_noise_sigma)
+        keep = None if mask is None else (np.float32(1) - mask.astype(np.float32))[None]
+        return Trajectory(sampling, seed, sched, gen, x.astype(np.float32, copy=False), cursor=cursor,
+                          source=None if source is None else source.astype(np.float32).reshape(shape), keep=keep,
+                          class_weights=weights)
+
+    def _set_timesteps(self, sched, sampling: Sampling) -> int:
+        """The scheduler's timesteps for this sampling; returns where the run starts in them."""
+        if sampling.jumps:
+            sched.set_timesteps(sampling.steps, *sampling.jumps)
+            return 0
+        consistency = sampling.scheduler in SAMPLERS_FOR["LCMScheduler"]
+        kwargs = {"strength": sampling.strength} if consistency and sampling.strength is not None else {}
         if sampling.timesteps is None:
-            sched.set_timesteps(sampling.steps)
+            sched.set_timesteps(sampling.steps, **kwargs)
         else:
             sched.set_timesteps(timesteps=list(sampling.timesteps))
-        gen = np.random.default_rng(seed)
-        x = gen.standard_normal((1, *self.sample_shape), dtype=np.float32) * np.float32(sched.init_noise_sigma)
-        return Trajectory(sampling, seed, sched, gen, x)
+        if consistency or sampling.strength is None:
+            return 0
+        start = img2img_start(sampling.steps, sampling.strength)  # diffusers' img2img: skip the noisiest steps
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        return start
 
     def trajectory(self, label: int, seed: int, steps: int | None = None, scheduler: str | None = None,
                    guidance_scale: float | None = None, timesteps=None, eta: float | None = None) -> Trajectory:
         return self.start(self.resolve(label, steps, scheduler, guidance_scale, timesteps, eta), seed)
 
     def step(self, trajectories: list[Trajectory]) -> list[StepResult]:
-        """Advance every unfinished trajectory by one step, with one UNet
-        forward over all of them."""
+        """Advance every unfinished trajectory by one UNet step, with one UNet
+        forward over all of them (repaint's jumps back up, which take none,
+        are made first)."""
         active = [t for t in trajectories if not t.done]
         if not active:
             return []
+        for tr in active:
+            if tr.sampling.jumps:
+                self._jump_back(tr)
+        mixed = any(tr.class_weights is not None for tr in active)
         xs, ts, labels = [], [], []
         for tr in active:
             rows = tr.sampling.unet_rows
             x_in = tr.scheduler.scale_model_input(tr.sample, tr.timestep)
             xs += [x_in] * rows
             ts += [tr.timestep] * rows
-            labels += [tr.sampling.label] if rows == 1 else [tr.sampling.label, self.defaults.null_class_label]
-        out = self.run_unet(np.concatenate(xs), np.array(ts), np.array(labels))
+            cond = tr.class_weights if tr.class_weights is not None else tr.sampling.label
+            labels += [cond] if rows == 1 else [cond, self.defaults.null_class_label]
+        out = self.run_unet(np.concatenate(xs), np.array(ts), self._class_input(labels, mixed))
         results, row = [], 0
         for tr in active:
             if tr.sampling.unet_rows == 1:
@@ -312,12 +431,45 @@ class DigitPipeline:
                 eps = uncond + np.float32(tr.sampling.guidance_scale) * (cond - uncond)
             row += tr.sampling.unet_rows
             t = tr.timestep
-            res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator, **tr.sampling.step_arguments)
+            res = self._scheduler_step(tr, eps, t)
             tr.sample = res.prev_sample.astype(np.float32, copy=False)
             tr.index += 1
+            tr.cursor += 1
             tr.latest = StepResult(tr.index, tr.steps, t, tr.sample[0], res.pred_original_sample[0])
             results.append(tr.latest)
         return results
+
+    def _class_input(self, labels: list, mixed: bool) -> np.ndarray:
+        """The UNet's class input: the labels, or with a morph in the batch
+        every row as class weights (one-hot for a plain label: the same
+        embedding, bit for bit)."""
+        if not mixed:
+            return np.array(labels)
+        eye = np.eye(self.unet.config.num_class_embeds, dtype=np.float32)
+        return np.stack([eye[label] if np.ndim(label) == 0 else label for label in labels])
+
+    def _scheduler_step(self, tr: Trajectory, eps: np.ndarray, t: int):
+        if tr.sampling.jumps:  # repaint: the kept region from the source, noised to the step's level
+            return tr.scheduler.step(eps, t, tr.sample, tr.source, tr.keep, generator=tr.generator)
+        res = tr.scheduler.step(eps, t, tr.sample, generator=tr.generator, **tr.sampling.step_arguments)
+        if tr.keep is None:
+            return res
+        # a consistency model's inpainting: the kept pixels are the source, noised to where the step
+        # landed (exactly the source after the last step)
+        last = tr.cursor == len(tr.scheduler.timesteps) - 1
+        known = tr.source if last else tr.scheduler.add_noise(
+            tr.source, tr.generator.standard_normal(tr.source.shape, dtype=np.float32),
+            np.array([int(tr.scheduler.timesteps[tr.cursor + 1])]))
+        return SchedulerOutput(tr.keep * known + (np.float32(1) - tr.keep) * res.prev_sample, res.pred_original_sample)
+
+    @staticmethod
+    def _jump_back(tr: Trajectory) -> None:
+        """Repaint's resampling: where its timesteps go back up, noise the
+        sample forward again (no UNet), as diffusers' RePaintPipeline does."""
+        ts = tr.scheduler.timesteps
+        while 0 < tr.cursor < len(ts) and ts[tr.cursor] >= ts[tr.cursor - 1]:
+            tr.sample = tr.scheduler.undo_step(tr.sample, int(ts[tr.cursor - 1]), generator=tr.generator)
+            tr.cursor += 1
 
     def run(self, labels, seeds, **kwargs) -> Iterator[list[StepResult]]:
         """Sample a batch: yields, per step, one StepResult per image."""
@@ -354,4 +506,6 @@ def _sampler_configs(saved: dict, class_name: str, samplers) -> dict[str, Schedu
             configs[name] = cls.from_dict(saved, ignore_siblings=True)
         else:
             configs[name] = cls.on_schedule(own.schedule, prediction_type=own.prediction_type)
+    if class_name not in CONSISTENCY_CLASSES:  # a diffusion model also inpaints, with repaint on its schedule
+        configs["repaint"] = RePaintScheduler.config_class.on_schedule(own.schedule)
     return configs

@@ -276,7 +276,9 @@ def test_a_model_is_checked_once_per_sampler_at_load_and_never_per_trajectory(mo
     diffusion = DigitPipeline(unet, SCHED, SamplingDefaults())
     student = DigitPipeline(unet, TCD, SamplingDefaults(scheduler="tcd", num_inference_steps=3, guidance_scale=1.0,
                                                         timesteps={"2": [999, 299]}))
-    assert sorted(checked) == ["DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "TCDConfig"]
+    # (a diffusion model's inpainting sampler, repaint, is checked at load too)
+    assert sorted(checked) == ["DDIMConfig", "DDPMConfig", "DPMSolverConfig", "LCMConfig", "RePaintConfig",
+                               "TCDConfig"]
     checked.clear()
     trajectories = [p.start(p.resolve(1, steps=2, scheduler=name), seed=3)
                     for p in (diffusion, student) for name in p.samplers]

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import io
 import json
+import struct
 from pathlib import Path
 
 import httpx
@@ -55,22 +56,37 @@ def shipped(tmp_path_factory):
     srv.stop()
 
 
+def without_parameters(png: bytes) -> bytes:
+    """The PNG less its tEXt chunks: since 2026-12-03 every PNG carries its
+    generation parameters there (test_png_parameters.py); the rest of the
+    file, the pixels' encoding included, is the bytes recorded before."""
+    out, i = [png[:8]], 8
+    while i < len(png):
+        length, kind = struct.unpack(">I4s", png[i:i + 8])
+        end = i + 12 + length
+        if kind != b"tEXt":
+            out.append(png[i:end])
+        i = end
+    return b"".join(out)
+
+
 def images(srv: Server, params: dict, body: dict | None) -> list[bytes]:
     """The PNGs a request answers with (format=json: each image's)."""
     r = httpx.post(srv.url + "/generate", params=params, json=body, timeout=120)
     assert r.status_code == 200, r.text
     if params.get("format") == "json":  # timings vary; the images and seeds must not
-        return [base64.b64decode(i["png_base64"]) for i in r.json()["images"]]
-    return [r.content]
+        return [without_parameters(base64.b64decode(i["png_base64"])) for i in r.json()["images"]]
+    return [without_parameters(r.content)]
 
 
 def digest(srv: Server, params: dict, body: dict | None) -> str:
     r = httpx.post(srv.url + "/generate", params=params, json=body, timeout=120)
     assert r.status_code == 200, r.text
-    content = r.content
+    content = without_parameters(r.content)
     if params.get("format") == "json":
         data = r.json()
-        content = json.dumps([[i["seed"], i["png_base64"]] for i in data["images"]]).encode()
+        content = json.dumps([[i["seed"], base64.b64encode(without_parameters(base64.b64decode(i["png_base64"])))
+                               .decode()] for i in data["images"]]).encode()
     return hashlib.sha256(content).hexdigest()
 
 

@@ -406,14 +406,24 @@ class UNet2DModel(Module):
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("class_labels should be provided when doing class conditioning")
-            labels = np.broadcast_to(np.asarray(class_labels, dtype=np.int64).reshape(-1), (batch,))
-            emb = emb + self.class_embedding(labels)
+            labels = np.asarray(class_labels)
+            if labels.ndim == 2 and labels.dtype.kind == "f":  # (B, num_class_embeds) weights: a mix of classes
+                if labels.shape != (batch, self.class_embedding.weight.data.shape[0]):
+                    raise ValueError(f"class weights must be (B, {self.class_embedding.weight.data.shape[0]}), "
+                                     f"got {labels.shape}")
+                # exact for a one-hot row (1 x the row + 0 x the others), so a mix's end is the plain label
+                emb = emb + (labels.astype(emb.dtype) @ self.class_embedding.weight.data)
+            else:
+                labels = np.broadcast_to(labels.astype(np.int64).reshape(-1), (batch,))
+                emb = emb + self.class_embedding(labels)
         elif class_labels is not None:
             raise ValueError("class_embedding needs to be initialized in order to use class conditioning")
         return emb
 
     def forward(self, sample: np.ndarray, timestep, class_labels=None) -> np.ndarray:
-        """sample: (B, C, H, W); timestep: scalar or (B,); class_labels: (B,) ints.
+        """sample: (B, C, H, W); timestep: scalar or (B,); class_labels: (B,) ints,
+        or (B, num_class_embeds) float weights of the class embeddings to mix
+        (a morph between two labels; an extension: diffusers takes ints).
         Returns the model output, (B, out_channels, H, W). For inference on
         large batches, models.runner.InferenceRunner runs it in shards."""
         if sample.ndim != 4 or sample.shape[1] != self.config.in_channels:

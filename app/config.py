@@ -14,7 +14,7 @@ malformed, stops start-up with one line that names the variable.
                             (default 8192: one base digit is 40)
     DIGITGEN_MAX_BACKLOG_ROWS UNet rows admitted and not yet run, past which new requests get 503 (default 32768)
     DIGITGEN_MAX_GIF_PIXELS frames x width x height one GIF may have; more is a 422 (default 50 x 512 x 512)
-    DIGITGEN_MAX_BODY_BYTES request bodies larger than this are a 413 (default 65536)
+    DIGITGEN_MAX_BODY_BYTES request bodies larger than this are a 413 (default 1 MiB: an uploaded PNG)
     DIGITGEN_BODY_TIMEOUT_S seconds a request body may take to arrive, else 408 (default 10)
     DIGITGEN_HEADER_TIMEOUT_S seconds a request line + headers may take to arrive, else 408 and the
                             connection closes (default 10; `serve` only: it is uvicorn's protocol)
@@ -83,7 +83,7 @@ class Settings:
     graceful_s: float = 10.0
     threads: int = 0
     default_model: str = ""
-    max_body_bytes: int = 65536
+    max_body_bytes: int = 2**20  # a PNG of a drawing is tens of KB; a scan or a photo up to this
     body_timeout_s: float = 10.0
     header_timeout_s: float = 10.0
     send_timeout_s: float = 30.0

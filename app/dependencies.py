@@ -10,6 +10,8 @@ defaults, checks its limits and computes the cost. Whatever is wrong is a
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import math
@@ -17,15 +19,18 @@ import re
 from typing import Annotated
 
 from fastapi import Depends, Request
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from engine import generation
 from engine.generation import Generation
+from engine.io.images import ImageError, image_size, read_digit
 from engine.pipeline import InvalidParameter
 
 from .edge import QUERY
 from .errors import Issue, Problem, issues_from_pydantic
-from .schemas import ALIASES, ALLOWED, KNOWN, GenerateBody, GenerateQuery, GifQuery, SampleFields, StreamQuery
+from .schemas import (ALIASES, ALLOWED, KNOWN, GenerateBody, GenerateQuery, GifBody, GifQuery, SampleFields,
+                      StreamBody, StreamQuery)
 from .service import Service
 
 
@@ -97,63 +102,146 @@ def query_params(request: Request, model: type[SampleFields]) -> SampleFields:
         raise validation_problem(e, ("query",)) from None
 
 
-async def body_params(request: Request, model: type[BaseModel]) -> BaseModel | None:
-    """The JSON body as `model`, or None when there is none."""
+IMAGE_FIELDS = ("image", "mask_image")
+
+
+@dataclasses.dataclass(frozen=True)
+class Body:
+    """A request's body: its parameters as `model`, and the PNG bytes of its images."""
+    params: BaseModel
+    images: dict[str, bytes]
+    source: str  # "body" (JSON) or "form" (multipart/form-data)
+
+
+async def body_params(request: Request, model: type[BaseModel], form_model: type[BaseModel]) -> Body | None:
+    """The body, or None when there is none: JSON as `model` (strict, the
+    images base64), or multipart/form-data with the images as file parts and
+    the other fields as text, read as the query string is (`form_model`)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _form(request, form_model)
     raw = await request.body()
     if not raw.strip():
         return None
     obj = read_json(raw)
     try:
-        return model.model_validate(obj)
+        params = model.model_validate(obj)
     except ValidationError as e:
         raise validation_problem(e, ("body",)) from None
+    images = {}
+    for name in IMAGE_FIELDS:
+        value = getattr(params, name, None)
+        if value is not None:
+            try:
+                images[name] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise Problem.invalid_field("body", name, f"{name} must be a PNG in base64", value) from None
+    return Body(params, images, "body")
+
+
+async def _form(request: Request, model: type[BaseModel]) -> Body:
+    try:
+        form = await request.form(max_files=len(IMAGE_FIELDS), max_fields=32)
+    except Exception as e:  # python-multipart's errors: a malformed body, too many parts
+        raise Problem.invalid([Issue(("form",), f"the multipart body cannot be read ({str(e)[:80]})",
+                                     "form_invalid")]) from None
+    text, images = {}, {}
+    for name, value in form.multi_items():
+        if not isinstance(value, str):  # an uploaded file
+            if name not in IMAGE_FIELDS:
+                raise Problem.invalid_field("form", name, f"only {' and '.join(IMAGE_FIELDS)} may be files")
+            images[name] = await value.read()
+        elif name in text and text[name] != value:
+            raise Problem.invalid_field("form", name, f"{name} is given twice with different values", value)
+        else:
+            text[name] = value
+    try:  # text fields are read as a query string is (the strict JSON model would refuse "5")
+        params = model.model_validate(text)
+    except ValidationError as e:
+        raise validation_problem(e, ("form",)) from None
+    return Body(params, images, "form")
 
 
 # -- merging and resolving -----------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Given:
-    """The parameters as given, typed, and where each came from."""
+    """The parameters as given, typed, where each came from, and the images' bytes."""
     params: SampleFields
     source: dict[str, str]
+    images: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
     def issue(self, field: str, msg: str, kind: str = "value_error") -> Problem:
         return Problem.invalid_field(self.source.get(field, "query"), field, msg,
                                      getattr(self.params, field, None), kind)
 
 
-def merge(query: GenerateQuery, body: GenerateBody | None) -> Given:
-    """The query string and the JSON body as one set of parameters."""
+def merge(query: SampleFields, body: Body | None) -> Given:
+    """The query string and the body as one set of parameters (of the query's model)."""
     source = {f: "query" for f in query.model_fields_set}
     if body is None:
         return Given(query, source)
-    both = sorted(query.model_fields_set & body.model_fields_set)
-    conflicts = [Issue(("body", f), f"{f} is given in both the query string ({getattr(query, f)!r}) and the JSON "
-                                    f"body ({getattr(body, f)!r}) with different values; give it once",
-                       input=getattr(body, f)) for f in both if getattr(query, f) != getattr(body, f)]
+    given = body.params.model_fields_set - set(IMAGE_FIELDS)
+    both = sorted(query.model_fields_set & given)
+    conflicts = [Issue((body.source, f), f"{f} is given in both the query string ({getattr(query, f)!r}) and the "
+                                         f"body ({getattr(body.params, f)!r}) with different values; give it once",
+                       input=getattr(body.params, f)) for f in both if getattr(query, f) != getattr(body.params, f)]
     if conflicts:
         raise Problem.invalid(conflicts)
-    source |= {f: "body" for f in body.model_fields_set}
-    values = {f: getattr(body if src == "body" else query, f) for f, src in source.items()}
-    return Given(GenerateQuery.model_construct(_fields_set=set(values), **values), source)
+    source |= {f: body.source for f in given} | {f: body.source for f in body.images}
+    values = {f: getattr(body.params if src == body.source else query, f) for f, src in source.items()
+              if f not in IMAGE_FIELDS}
+    return Given(type(query).model_construct(_fields_set=set(values), **values), source, body.images)
+
+
+def read_images(given: Given) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The image and mask the request sent, as the engine takes them (engine/io/images.py says how)."""
+    out = {}
+    sizes = {}
+    for name in IMAGE_FIELDS:
+        data = given.images.get(name)
+        if data is None:
+            out[name] = None
+            continue
+        try:
+            sizes[name] = image_size(data)
+            out[name] = read_digit(data, mask=name == "mask_image")
+        except ImageError as e:
+            raise Problem.invalid_field(given.source.get(name, "body"), name, str(e), f"<{len(data)} bytes>") \
+                from None
+    if len(sizes) == 2 and sizes["image"] != sizes["mask_image"]:
+        (iw, ih), (mw, mh) = sizes["image"], sizes["mask_image"]
+        raise given.issue("mask_image", f"mask_image is {mw} x {mh} pixels and image {iw} x {ih}: they must be "
+                                        f"the same size")
+    return out["image"], out["mask_image"]
 
 
 def resolve(svc: Service, given: Given, every: int = 0) -> Generation:
     """The one resolution of a request against the loaded models."""
     p = given.params
+    image, mask = read_images(given)
+    probs = getattr(p, "probs", False)
+    if probs and svc.classifier is None:
+        raise given.issue("probs", "this server has no classifier (weights/classifier) to read the digit with")
     try:
         return generation.resolve(
             svc.pipes, svc.default_model, model=p.model, label=p.label, steps=p.steps, scheduler=p.scheduler,
             guidance_scale=p.guidance_scale, eta=p.eta, seed=p.seed, n=getattr(p, "n", None), size=p.size,
-            format=getattr(p, "format", None), frames=getattr(p, "frames", None), every=every,
-            max_rows=svc.settings.max_request_rows)
+            format=getattr(p, "format", None), frames=getattr(p, "frames", None), every=every, image=image,
+            mask=mask, strength=p.strength, jump_length=p.jump_length, jump_n_sample=p.jump_n_sample, probs=probs,
+            seed_b=p.seed_b, label_b=p.label_b, alpha=p.alpha, max_rows=svc.settings.max_request_rows)
     except InvalidParameter as e:
         missing = e.field == "label" and p.label is None
         raise given.issue(e.field, str(e), "missing" if missing else "value_error") from None
 
 
 # -- one dependency per generation endpoint ------------------------------------------------
+async def given_params(request: Request, query_model: type[SampleFields], body_model: type[BaseModel]) -> Given:
+    """Query and (for a POST) body, merged."""
+    body = await body_params(request, body_model, query_model) if request.method == "POST" else None
+    return merge(query_params(request, query_model), body)
+
+
 async def post_generation(request: Request, svc: ServiceDep) -> Generation:
-    return resolve(svc, merge(query_params(request, GenerateQuery), await body_params(request, GenerateBody)))
+    return resolve(svc, await given_params(request, GenerateQuery, GenerateBody))
 
 
 # Last-Event-ID as the stream sends it: <seed>-<step> or <seed>-done
@@ -171,9 +259,9 @@ LAST_EVENT_ID_DOC = "Sent by EventSource when it reconnects: the stream resumes 
 
 
 async def stream_generation(request: Request, svc: ServiceDep) -> StreamRequest:
-    query = query_params(request, StreamQuery)
+    given = await given_params(request, StreamQuery, StreamBody)
+    query = given.params
     last_event_id = request.headers.get("last-event-id")
-    given = Given(query, {f: "query" for f in query.model_fields_set})
     skip = 0
     if last_event_id is not None:  # EventSource reconnecting: <seed>-<step> or <seed>-done, as we sent them
         m = _EVENT_ID.fullmatch(last_event_id)
@@ -187,7 +275,7 @@ async def stream_generation(request: Request, svc: ServiceDep) -> StreamRequest:
             if seed > generation.LIMITS["seed"][1]:
                 raise Problem.invalid_field("header", "last-event-id", f"its seed {seed} is not a seed (0-"
                                             f"{generation.LIMITS['seed'][1]})", last_event_id)
-            given = Given(query.model_copy(update={"seed": seed}), {**given.source, "seed": "header"})
+            given = Given(query.model_copy(update={"seed": seed}), {**given.source, "seed": "header"}, given.images)
             skip = int(m[2])
     gen = resolve(svc, given, every=query.every)
     if skip > gen.sampling.steps:
@@ -200,8 +288,8 @@ GIF_FRAMES = 50  # a GIF keeps about this many steps unless `every` says otherwi
 
 
 async def gif_generation(request: Request, svc: ServiceDep) -> Generation:
-    query = query_params(request, GifQuery)
-    given = Given(query, {f: "query" for f in query.model_fields_set})
+    given = await given_params(request, GifQuery, GifBody)
+    query = given.params
     gen = resolve(svc, given, every=query.every or 0)
     if query.every is None:
         gen = dataclasses.replace(gen, every=max(1, math.ceil(gen.sampling.steps / GIF_FRAMES)))

@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 
 from engine import generation
 from engine.io import WeightsError
+from engine.models.classifier import load_classifier
 from engine.nn import runtime
 from engine.paths import model_folders
 from engine.pipeline import DigitPipeline
@@ -40,7 +41,7 @@ from .edge import AccessLineHandler, Edge
 from .errors import Problem, problem_from, problem_response
 from .metrics import ServiceMetrics
 from .openapi import add_docs, build_openapi
-from .routers import generate, openai, service as service_routes
+from .routers import explore, generate, openai, service as service_routes
 from .schemas import ALIASES, ALLOWED, KNOWN
 from .service import Service
 from .worker import Pace
@@ -108,7 +109,12 @@ async def lifespan(app: FastAPI):
     if pace is None:  # measured once: how fast a batched step runs on this machine (admission's deadline check)
         pace = Pace()
         await run_in_threadpool(pace.calibrate, _forward(next(iter(pipes.values()))))
-    svc = Service(pipes, default, settings, app.state.metrics, app.state.clock, pace)
+    try:
+        classifier = await run_in_threadpool(_load_classifier, settings)
+    except WeightsError as e:
+        app.state.startup_error = f"digitgen cannot start: {e}"
+        raise
+    svc = Service(pipes, default, settings, app.state.metrics, app.state.clock, pace, classifier)
     svc.run()
     app.state.service = svc
     # What start-up made (the models, FastAPI's routes, pydantic's validators) lives as long as the
@@ -136,6 +142,12 @@ def _forward(pipe: DigitPipeline) -> Callable[[int], None]:
     def forward(rows: int) -> None:
         pipe.run_unet(np.zeros((rows, *pipe.sample_shape), np.float32), np.full(rows, 999), np.zeros(rows, np.int64))
     return forward
+
+
+def _load_classifier(settings: Settings):
+    """The classifier beside the weights (weights/classifier), for p(digit | x0); None when there is none."""
+    folder = settings.weights / "classifier"
+    return load_classifier(folder)[0] if folder.is_dir() else None
 
 
 def _access_log_to_stderr() -> None:
@@ -191,7 +203,7 @@ def _restore_signals() -> None:
             signal.signal(sig, handler)
 
 
-ROUTERS = (generate.router, service_routes.router, openai.router)
+ROUTERS = (generate.router, explore.router, service_routes.router, openai.router)
 
 
 def _dispatch(route):

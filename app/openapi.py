@@ -14,7 +14,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
-from .schemas import GenerateBody, GenerateResult, ProblemBody
+from .schemas import GenerateBody, GenerateResult, GifBody, GridBody, MorphBody, ProblemBody, StreamBody
 
 WHY = {
     400: "The request names another server (Host), or is malformed.",
@@ -72,7 +72,7 @@ def build_openapi(app, declared: list) -> dict:
         routes = [r for r in app.routes if r.path not in {d.path for d in declared}] + declared
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (GenerateResult, GenerateBody, ProblemBody):
+        for model in (GenerateResult, GenerateBody, StreamBody, GifBody, MorphBody, GridBody, ProblemBody):
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[model.__name__] = js

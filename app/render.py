@@ -37,13 +37,14 @@ async def off_loop(pixels: int, fn: Callable[..., T], *args) -> T:
     return out
 
 
-def png(sample: np.ndarray, size: int) -> bytes:
-    return png_bytes(to_image(sample, size))
+def png(sample: np.ndarray, size: int, parameters: dict | None = None) -> bytes:
+    """The PNG, carrying `parameters` (engine.generation.parameters) when given."""
+    return png_bytes(to_image(sample, size), parameters)
 
 
-def grid_png(samples: list[np.ndarray], size: int) -> bytes:
+def grid_png(samples: list[np.ndarray], size: int, parameters: dict | None = None) -> bytes:
     """Row-major grid, as square as it gets: ceil(sqrt(n)) columns."""
-    return png_bytes(grid(samples, cols=math.ceil(math.sqrt(len(samples))), size=size))
+    return png_bytes(grid(samples, cols=math.ceil(math.sqrt(len(samples))), size=size), parameters)
 
 
 def gif(frames: list[np.ndarray], size: int) -> bytes:

@@ -66,10 +66,34 @@ DOCS = {
     "frames": "GIF frames: x0 (default) = the model's running estimate of the final image, the digit forming; "
               "xt = the noisy sample x_t from pure noise to the digit.",
     "gif_every": "Keep every k-th step as a GIF frame (the last always). Default: about 50 frames at most.",
+    "image": "Image-to-image or inpainting: a PNG to start from (any size, grey or colour; read as a light digit "
+             "on a dark background: transparency is black, a light background is inverted, padded square and "
+             "area-resized to 28 x 28). Base64 in JSON; a file part in multipart/form-data.",
+    "mask_image": "Inpainting: a PNG of the image's size, white where the model draws, black where the image is "
+                  "kept (thresholded at half grey). Base64 in JSON; a file part in multipart/form-data.",
+    "strength": "Image-to-image: how much of the schedule runs from the image, 0 (exclusive) to 1. A diffusion "
+                "model noises it to the step int(steps x strength) from the end and runs those steps; a "
+                "consistency model starts on the same share of its distillation grid and runs all its steps. "
+                "Default 0.75 when an image is given without a mask.",
+    "jump_length": "Inpainting on the base model (RePaint): after every jump_length steps, noise the image "
+                   "back up that many steps and run them again, so the drawn part agrees with the kept part. "
+                   "Default: the service's (see /info).",
+    "jump_n_sample": "Inpainting on the base model (RePaint): how many times each stretch of jump_length steps "
+                     "is run (1: no resampling). Each extra pass costs its steps again.",
+    "seed_b": "A morph's frame: the second seed; the noise is slerped from seed's toward seed_b's by alpha.",
+    "label_b": "A morph's frame: the second label; the class embedding is mixed from label's toward label_b's.",
+    "alpha": "A morph's frame: 0 is the generation of (seed, label), 1 that of (seed_b, label_b).",
+    "frames_count": "How many frames the morph has, its ends included (frame k has alpha = k / (n - 1)).",
+    "morph_format": "png: the frames in a row; gif: the frames as an animation (there and back); json: each "
+                    "frame as base64 PNG with its alpha and the parameters that make it alone.",
+    "probs": "Also send p(digit | x0) at every sent step: the shipped classifier's ten probabilities for the "
+             "model's current estimate of the digit (costs about 1/20 of a UNet row a frame).",
 }
 
 EXAMPLES = {"model": "base", "label": 5, "steps": 20, "scheduler": "dpm", "guidance_scale": 1.5, "eta": 0.3,
-            "seed": 42, "n": 1, "size": 112, "format": "png", "every": 1, "frames": "x0"}
+            "seed": 42, "n": 1, "size": 112, "format": "png", "every": 1, "frames": "x0", "strength": 0.6,
+            "jump_length": 5, "jump_n_sample": 3, "probs": True, "image": "iVBORw0KGgo...",
+            "mask_image": "iVBORw0KGgo...", "seed_b": 43, "label_b": 8, "alpha": 0.5}
 
 
 def _field(name: str, doc: str | None = None, **bounds):
@@ -85,25 +109,39 @@ _PLAIN_INT = re.compile(r"0|[1-9][0-9]*")
 _PLAIN_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
-class SampleFields(BaseModel):
-    """The parameters every generation endpoint shares. Unknown parameters
-    are refused (a misspelt one would otherwise be silently ignored)."""
+class PlainFields(BaseModel):
+    """Parameters read strictly from text (the query string, form fields).
+    Unknown parameters are refused (a misspelt one would otherwise be
+    silently ignored)."""
     model_config = ConfigDict(extra="forbid")
 
-    @field_validator("label", "steps", "seed", "size", "n", "every", mode="before", check_fields=False)
+    @field_validator("label", "steps", "seed", "size", "n", "every", "jump_length", "jump_n_sample", "seed_b",
+                     "label_b", mode="before", check_fields=False)
     @classmethod
     def _plain_integer(cls, value):
         if isinstance(value, str) and not _PLAIN_INT.fullmatch(value):
             raise ValueError(f"write a whole number in plain decimal digits (like 5), got {value[:40]!r}")
         return value
 
-    @field_validator("guidance_scale", "eta", mode="before")
+    @field_validator("guidance_scale", "eta", "strength", "alpha", mode="before", check_fields=False)
     @classmethod
     def _plain_number(cls, value):
         if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
             raise ValueError(f"write a number in plain decimal form (like 1.5), got {value[:40]!r}")
         return value
 
+    @field_validator("probs", mode="before", check_fields=False)
+    @classmethod
+    def _plain_bool(cls, value):
+        if isinstance(value, str):
+            if value not in ("true", "false"):
+                raise ValueError(f"write true or false, got {value[:40]!r}")
+            return value == "true"
+        return value
+
+
+class SampleFields(PlainFields):
+    """The parameters every generation endpoint shares."""
     model: Model | None = _field("model")
     label: int | None = _field("label", ge=0)
     steps: int | None = _field("steps", ge=1)
@@ -112,6 +150,13 @@ class SampleFields(BaseModel):
     eta: float | None = _field("eta")
     seed: int | None = _field("seed")
     size: int = _field("size")
+    strength: float | None = Field(None, description=DOCS["strength"], examples=[EXAMPLES["strength"]], gt=0, le=1,
+                                   allow_inf_nan=False)
+    jump_length: int | None = _field("jump_length")
+    jump_n_sample: int | None = _field("jump_n_sample")
+    seed_b: int | None = Field(None, description=DOCS["seed_b"], examples=[EXAMPLES["seed_b"]], **_range("seed"))
+    label_b: int | None = Field(None, description=DOCS["label_b"], examples=[EXAMPLES["label_b"]], ge=0)
+    alpha: float | None = _field("alpha")
 
 
 class GenerateQuery(SampleFields):
@@ -120,25 +165,80 @@ class GenerateQuery(SampleFields):
     format: Format = _field("format")
 
 
-class GenerateBody(GenerateQuery):
-    """The same parameters as a JSON object. A field may come from either
-    place; given in both with different values, it is a 422."""
+class Images(BaseModel):
+    """What only a body carries: the images of image-to-image and inpainting (base64 PNG)."""
+    image: str | None = Field(None, description=DOCS["image"], examples=[EXAMPLES["image"]])
+    mask_image: str | None = Field(None, description=DOCS["mask_image"], examples=[EXAMPLES["mask_image"]])
+
+
+class GenerateBody(GenerateQuery, Images):
+    """The same parameters as a JSON object, and the images. A field may come
+    from either place; given in both with different values, it is a 422."""
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON: no true-as-1, no "5"-as-5
 
 
-def _required(name: str):
-    return Field(description=DOCS[name], examples=[EXAMPLES[name]], ge=0)
-
-
 class StreamQuery(SampleFields):
-    label: int = _required("label")  # no body here: the query string must carry it
+    label: int | None = _field("label", ge=0)  # required, in the query or (POST) the body
     every: int = Field(1, description=DOCS["every"], examples=[1], **_range("every"))
+    probs: bool = Field(False, description=DOCS["probs"], examples=[True])
+
+
+class StreamBody(StreamQuery, Images):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class GifQuery(SampleFields):
-    label: int = _required("label")
+    label: int | None = _field("label", ge=0)
     frames: Frames = _field("frames")
     every: int | None = Field(None, description=DOCS["gif_every"], examples=[1], **_range("every"))
+
+
+class GifBody(GifQuery, Images):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+MorphFormat = Literal["png", "gif", "json"]
+MORPH_FRAMES = (2, 64)
+
+
+class MorphQuery(PlainFields):
+    """A walk from (seed, label) to (seed_b, label_b) in n frames."""
+
+    model: Model | None = _field("model")
+    label: int | None = _field("label", ge=0)
+    label_b: int | None = Field(None, description=DOCS["label_b"] + " Default: label.", examples=[8], ge=0)
+    seed: int | None = _field("seed")
+    seed_b: int | None = Field(None, description=DOCS["seed_b"] + " Default: a random one.", examples=[43],
+                               **_range("seed"))
+    n: int = Field(16, description=DOCS["frames_count"], examples=[16], ge=MORPH_FRAMES[0], le=MORPH_FRAMES[1])
+    steps: int | None = _field("steps", ge=1)
+    scheduler: Scheduler | None = _field("scheduler")
+    guidance_scale: float | None = _field("guidance_scale")
+    eta: float | None = _field("eta")
+    size: int = _field("size")
+    format: MorphFormat = Field("png", description=DOCS["morph_format"], examples=["png"])
+
+
+class MorphBody(MorphQuery):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+SWEEPABLE = ("seed", "steps", "scheduler", "guidance_scale", "strength", "eta", "model", "label")
+GRID_CELLS = 64
+
+
+class Axis(BaseModel):
+    """One swept parameter: its name and the values the grid's columns (x) or rows (y) take."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    param: Literal[SWEEPABLE] = Field(description="The parameter that changes along this axis.")
+    values: list[int | float | str] = Field(min_length=1, max_length=16, description="Its values, in order.")
+
+
+class GridBody(GenerateBody):
+    """The base request (every generation parameter, the images included) and one or two axes."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    x: Axis = Field(description="The parameter the columns sweep.")
+    y: Axis | None = Field(None, description="The parameter the rows sweep (optional).")
 
 
 # the parameter names each place takes, for "did you mean" on an unknown one
@@ -146,8 +246,11 @@ class GifQuery(SampleFields):
 ALIASES = {"sampler": "scheduler", "sampler_name": "scheduler", "num_inference_steps": "steps",
            "guidance": "guidance_scale", "cfg_scale": "guidance_scale", "digit": "label", "class_label": "label",
            "batch_size": "n", "num_images": "n", "width": "size", "height": "size", "generator": "seed"}
-KNOWN = {"query": sorted(set(GenerateQuery.model_fields) | set(StreamQuery.model_fields) | set(GifQuery.model_fields)),
-         "body": sorted(GenerateBody.model_fields)}
+KNOWN = {"query": sorted(set(GenerateQuery.model_fields) | set(StreamQuery.model_fields) | set(GifQuery.model_fields)
+                         | set(MorphQuery.model_fields)),
+         "body": sorted(set(GenerateBody.model_fields) | set(StreamBody.model_fields) | set(GifBody.model_fields)
+                        | set(GridBody.model_fields))}
+KNOWN["form"] = KNOWN["body"]
 
 BODY_EXAMPLES = {  # the first is what /docs' "Try it out" fills in: nothing that could clash with the query
     "none": {"summary": "No body: every parameter in the query string", "value": {}},
@@ -173,6 +276,7 @@ class GenerateResult(BaseModel):
     scheduler: Scheduler
     guidance_scale: float
     eta: float | None = Field(description="The sampler's eta (ddim, tcd); null for the others.")
+    strength: float | None = Field(None, description="Image-to-image's strength; null without an image.")
     size: int
     images: list[GeneratedImage]
     queue_ms: float

@@ -24,11 +24,13 @@ class Service:
     the one engine worker that runs them."""
 
     def __init__(self, pipes: dict[str, DigitPipeline], default_model: str, settings: Settings,
-                 metrics: ServiceMetrics, clock: Callable[[], float] = time.monotonic, pace: Pace | None = None):
+                 metrics: ServiceMetrics, clock: Callable[[], float] = time.monotonic, pace: Pace | None = None,
+                 classifier=None):
         self.pipes, self.default_model = pipes, default_model
         self.settings, self.metrics, self.clock = settings, metrics, clock
+        self.classifier = classifier  # for p(digit | x0); None when the weights folder has none
         self.worker = BatchWorker(pipes, metrics, settings.max_batch, settings.max_queue, clock,
-                                  max_backlog_rows=settings.max_backlog_rows, pace=pace)
+                                  max_backlog_rows=settings.max_backlog_rows, pace=pace, classifier=classifier)
 
     def run(self) -> None:
         self.worker.start()
@@ -44,7 +46,7 @@ class Service:
     def ready(self) -> bool:
         return self.worker.alive
 
-    async def start(self, gen: Generation) -> Job:
+    async def start(self, gen: Generation | list[Generation]) -> Job:
         """Admit the request by its cost (a refusal here costs nothing: its
         Problem is raised), then build its seeded trajectories (scheduler
         tables, initial noise; off the event loop for more than one image)
@@ -54,25 +56,29 @@ class Service:
             raise admitted
         return admitted
 
-    async def admit(self, gen: Generation) -> Job | Problem:
+    async def admit(self, gen: Generation | list[Generation]) -> Job | Problem:
         """As start, but a refusal is returned: a route answers it without
         raising through the stack (under a burst of refusals that is ~0.1 ms
-        of each one's ~0.3)."""
-        sm = gen.sampling
-        admitted = self.worker.admit(Cost(gen.n, sm.steps, sm.unet_rows), self.settings.deadline_s, gen.model,
-                                     gen.every)
+        of each one's ~0.3). Several generations (a grid's cells, a morph's
+        frames) are one job: admitted together, run in the same batches."""
+        gens = gen if isinstance(gen, list) else [gen]
+        cost = Cost(sum(g.n for g in gens), max(g.sampling.model_steps for g in gens),
+                    max(g.sampling.unet_rows for g in gens), sum(g.rows for g in gens))
+        admitted = self.worker.admit(cost, self.settings.deadline_s, gens[0].every, any(g.probs for g in gens))
         if isinstance(admitted, Problem):
             return admitted
-        job, pipe = admitted, self.pipes[gen.model]
-        build = lambda: [pipe.start(sm, s) for s in gen.seeds]  # noqa: E731
+        job = admitted
+
+        def build():
+            return [(g.model, t) for g in gens for t in g.trajectories(self.pipes[g.model])]
         try:
             # one image (0.1-1 ms) is cheaper to build here than to hand to the thread pool and back
-            trajectories = build() if gen.n == 1 else await run_in_threadpool(build)
+            built = build() if cost.images == 1 else await run_in_threadpool(build)
         except BaseException:
             job.cancel("error")
             raise
-        job.x_T = trajectories[0].sample[0].copy()  # the first image's starting noise, before any step
-        self.worker.attach(job, trajectories)
+        job.x_T = built[0][1].sample[0].copy()  # the first image's start, before any step
+        self.worker.attach(job, [t for _, t in built], [m for m, _ in built])
         return job
 
     async def collect(self, request: Request, job: Job) -> list[ImageStep] | None:

@@ -24,6 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from engine.models.classifier import predict
 from engine.pipeline import DigitPipeline, StepResult, Trajectory
 
 from . import memory
@@ -36,23 +39,28 @@ RETRY_AFTER_MAX_S = 300
 
 @dataclass(frozen=True)
 class Cost:
-    """What a request will cost the engine: `images` trajectories of `steps`
-    steps, `rows_per_step` UNet rows each step (2 with guidance)."""
+    """What a request will cost the engine: `images` trajectories of at most
+    `steps` UNet steps, at most `rows_per_step` UNet rows each step (2 with
+    guidance), `total` UNet rows in all (the classifier's included; by
+    default images x steps x rows a step)."""
     images: int
     steps: int
     rows_per_step: int
+    total: int | None = None
 
     @property
     def rows(self) -> int:
-        return self.images * self.steps * self.rows_per_step
+        return self.images * self.steps * self.rows_per_step if self.total is None else self.total
 
 
 @dataclass(frozen=True)
 class ImageStep:
     """Image `index` of a job took a step; `result.done` on its last one
-    (then `result.sample` is the final image)."""
+    (then `result.sample` is the final image). `probs`: the classifier's
+    p(digit | x0) of this step's x0 estimate, when the job asked for it."""
     index: int
     result: StepResult
+    probs: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,11 +111,12 @@ class Job:
     asyncio queue belongs there), before its trajectories exist, so a refusal
     costs nothing; `attach` then hands them over and the job joins the batch."""
 
-    def __init__(self, cost: Cost, deadline_s: float, every: int, clock: Callable[[], float], model: str):
+    def __init__(self, cost: Cost, deadline_s: float, every: int, clock: Callable[[], float], probs: bool = False):
         self.cost = cost
         self.trajectories: list[Trajectory] = []
-        self.x_T = None                     # the first image's starting noise, set before attach
-        self.model = model                  # which loaded model's pipeline steps them
+        self.models: list[str] = []         # which loaded model's pipeline steps each trajectory
+        self.x_T = None                     # the first image's starting sample, set before attach
+        self.probs = probs                  # run the classifier on every delivered x0 estimate
         self.every = every                  # 0: last steps only; k: every k-th step and the last
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
@@ -169,8 +178,9 @@ class BatchWorker:
 
     def __init__(self, pipes: dict[str, DigitPipeline], metrics: ServiceMetrics, max_batch: int = 64,
                  max_queue: int = 256, clock: Callable[[], float] = time.monotonic,
-                 max_backlog_rows: int = 1 << 62, pace: Pace | None = None):
+                 max_backlog_rows: int = 1 << 62, pace: Pace | None = None, classifier=None):
         self.pipes, self.metrics = pipes, metrics
+        self.classifier = classifier  # engine.models.classifier.DigitClassifier, for jobs that ask p(digit | x0)
         self.clock = clock  # deadlines are read from it, so a test can move time itself
         self.max_batch, self.max_queue, self.max_backlog_rows = max_batch, max_queue, max_backlog_rows
         self.pace = pace or Pace()
@@ -207,7 +217,7 @@ class BatchWorker:
                 self._end(job, FailedEvent(Problem.shutting_down()), "shutdown")
             self._cv.notify()
 
-    def admit(self, cost: Cost, deadline_s: float, model: str, every: int = 0) -> Job | Problem:
+    def admit(self, cost: Cost, deadline_s: float, every: int = 0, probs: bool = False) -> Job | Problem:
         """The one admission: a Job (the request is in) or the Problem to answer, before any work."""
         with self._cv:
             refused = self._refusal(cost, deadline_s)
@@ -215,15 +225,15 @@ class BatchWorker:
                 reason, problem = refused
                 self.metrics.rejected.inc(reason=reason)
                 return problem
-            job = Job(cost, deadline_s, every, self.clock, model)
+            job = Job(cost, deadline_s, every, self.clock, probs)
             self._jobs.append(job)
             self._queued += cost.images
             return job
 
-    def attach(self, job: Job, trajectories: list[Trajectory]) -> None:
-        """The admitted job's trajectories: it joins the next step's batch."""
+    def attach(self, job: Job, trajectories: list[Trajectory], models: list[str]) -> None:
+        """The admitted job's trajectories, each with its model: it joins the next step's batch."""
         with self._cv:
-            job.trajectories = trajectories
+            job.trajectories, job.models = trajectories, models
             self._cv.notify()
 
     def _refusal(self, cost: Cost, deadline_s: float) -> tuple[str, Problem] | None:
@@ -312,9 +322,10 @@ class BatchWorker:
             t0 = time.perf_counter()
             try:
                 for model in self.pipes:  # one batched forward per model with work in this step
-                    mine = [t for job, _, t in batch if job.model == model]
+                    mine = [t for job, i, t in batch if job.models[i] == model]
                     if mine:
                         self.pipes[model].step(mine)
+                probs = self._classify(batch)
             except Exception as e:  # an engine bug must not take the service down
                 log.exception("denoising step failed for a batch of %d", len(batch))
                 with self._cv:
@@ -325,7 +336,7 @@ class BatchWorker:
             self.pace.observe(self._batch_rows, dt)
             self.metrics.observe_step(len(batch), dt)
             with self._cv:
-                self._deliver(batch)
+                self._deliver(batch, probs)
                 self._jobs = [j for j in self._jobs if not j.ended]
                 # the gauges must not show finished work while the worker waits
                 self._active_n = self._batch_rows = 0
@@ -370,14 +381,28 @@ class BatchWorker:
         if event is not None:
             job._post(event)
 
-    def _deliver(self, batch) -> None:
-        for job, i, tr in batch:
+    def _classify(self, batch) -> dict[int, tuple[float, ...]]:
+        """p(digit | x0) of every delivered step of the jobs that ask for it,
+        in one batched classifier forward: position in the batch -> probabilities."""
+        wanted = [k for k, (job, _, tr) in enumerate(batch) if job.probs and self._delivers(job, tr.latest)]
+        if not wanted or self.classifier is None:
+            return {}
+        x0 = np.stack([batch[k][2].latest.pred_original for k in wanted])
+        probs, _ = predict(self.classifier, np.clip(x0, -1, 1))
+        return {k: tuple(round(float(p), 4) for p in row) for k, row in zip(wanted, probs)}
+
+    @staticmethod
+    def _delivers(job: Job, res: StepResult) -> bool:
+        return res.done or bool(job.every and res.step % job.every == 0)
+
+    def _deliver(self, batch, probs: dict) -> None:
+        for k, (job, i, tr) in enumerate(batch):
             if job.ended:  # cancelled while the step ran
                 continue
             res = tr.latest
-            if res.done or (job.every and res.step % job.every == 0):
+            if self._delivers(job, res):
                 job._post(ImageStep(i, dataclasses.replace(res, sample=res.sample.copy(),
-                                                            pred_original=res.pred_original.copy())))
+                                                            pred_original=res.pred_original.copy()), probs.get(k)))
             if tr.done:
                 self.metrics.images.inc()
                 job.remaining -= 1

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from engine import UNet2DModel
+from engine.models.classifier import ClassifierConfig, DigitClassifier, save_classifier
 from engine.nn import runtime
 from engine.pipeline import DigitPipeline, SamplingDefaults
 
@@ -39,6 +40,8 @@ def make_tiny_weights(folder: Path, fast: bool = True) -> Path:
     distilled model (random weights, but its real scheduler: TCD)."""
     DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0)), TINY_SCHEDULER,
                   SamplingDefaults()).save_pretrained(folder)
+    # a tiny classifier beside them, as weights/classifier is (random weights: p(digit | x0) in the stream)
+    save_classifier(DigitClassifier(ClassifierConfig(channels=(4, 8, 8, 4), feature_dim=16)), folder / "classifier")
     if fast:
         DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(1)), TINY_FAST_SCHEDULER,
                       SamplingDefaults(scheduler="tcd", num_inference_steps=4, guidance_scale=1.0,

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from engine.generation import Generation
+from engine.generation import Generation, parameters
 
 from .. import render
 # The routes call their parsing and resolution directly rather than through
@@ -44,7 +44,7 @@ def _meta(gen: Generation) -> dict:
     """What the responses say about how a generation was sampled."""
     sm = gen.sampling
     return {"model": gen.model, "seed": gen.seed, "label": sm.label, "steps": sm.steps, "scheduler": sm.scheduler,
-            "guidance_scale": sm.guidance_scale, "eta": sm.eta, "size": gen.size}
+            "guidance_scale": sm.guidance_scale, "eta": sm.eta, "strength": sm.strength, "size": gen.size}
 
 
 # -- POST /generate -------------------------------------------------------------
@@ -56,7 +56,8 @@ def _meta(gen: Generation) -> dict:
                          "schema": {"$ref": "#/components/schemas/GenerateResult"}}}}, **GENERATION_ERRORS},
     # query and body are read (strictly: no duplicate keys) by the dependency; documented here
     openapi_extra={**query_parameters(GenerateQuery), "requestBody": {"required": False, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/GenerateBody"}, "examples": BODY_EXAMPLES}}}},
+        "application/json": {"schema": {"$ref": "#/components/schemas/GenerateBody"}, "examples": BODY_EXAMPLES},
+        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/GenerateBody"}}}}},
 )
 async def generate(request: Request):
     """Parameters come as query parameters, a JSON body, or both (e.g.
@@ -77,15 +78,16 @@ async def generate(request: Request):
         if ev.result.done:
             samples[ev.index] = ev.result.sample
     headers, size = _headers(gen, job, t_done), gen.size
-    if gen.format == "json":
-        pngs = await render.off_loop(gen.n * size * size, lambda: [render.b64(render.png(s, size)) for s in samples])
+    if gen.format == "json":  # each image's PNG carries its own parameters (its own seed)
+        pngs = await render.off_loop(gen.n * size * size, lambda: [
+            render.b64(render.png(x, size, parameters(gen, seed))) for x, seed in zip(samples, gen.seeds)])
         queue_ms, gen_ms = _timing(job, t_done)
         result = GenerateResult(
             **_meta(gen), n=gen.n, queue_ms=queue_ms, generate_ms=gen_ms,
             images=[GeneratedImage(index=i, seed=s, png_base64=b) for i, (s, b) in enumerate(zip(gen.seeds, pngs))])
         return JSONResponse(result.model_dump(), headers=headers)
     data = await render.off_loop(gen.n * size * size, render.png if gen.n == 1 else render.grid_png,
-                                 samples[0] if gen.n == 1 else samples, size)
+                                 samples[0] if gen.n == 1 else samples, size, parameters(gen, grid=True))
     name = f"digit-{gen.sampling.label}-seed-{gen.seed}{'' if gen.n == 1 else f'-x{gen.n}'}.png"
     return Response(data, media_type="image/png",
                     headers={**headers, "Content-Disposition": f'inline; filename="{name}"'})
@@ -104,18 +106,29 @@ async def admitted_stream(request: Request):
         job.cancel("disconnect")  # the stream ended early, or never started
 
 
-@router.get("/generate/stream", response_class=EventSourceResponse,
-            summary="Watch one digit being denoised (Server-Sent Events)",
-            responses={200: {"description": (
-                "`event: start` {seed, total, ..., x_t}: the initial noise; then `event: step` "
-                "{step, total, timestep, x_t, x0} every k-th step (x_t: the noisy sample, x0: the model's estimate "
-                "of the final digit, both base64 PNG), ids `<seed>-<step>`; then `event: done` {image, seed, ...}. "
-                "On failure `event: error` with the problem body (status, code, detail).")},
-                       204: {"description": "Last-Event-ID says the client already has the image: nothing to send."},
-                       **GENERATION_ERRORS},
-            openapi_extra=query_parameters(StreamQuery, {
-                "name": "last-event-id", "in": "header", "required": False, "description": LAST_EVENT_ID_DOC,
-                "schema": {"type": "string", "pattern": EVENT_ID}}))
+STREAM_DOC = dict(
+    response_class=EventSourceResponse, summary="Watch one digit being denoised (Server-Sent Events)",
+    responses={200: {"description": (
+        "`event: start` {seed, total, ..., x_t}: the starting sample; then `event: step` "
+        "{step, total, timestep, x_t, x0[, probs]} every k-th step (x_t: the noisy sample, x0: the model's estimate "
+        "of the final digit, both base64 PNG; probs: p(digit | x0), ten numbers, with probs=true), ids "
+        "`<seed>-<step>`; then `event: done` {image, seed, ...}. On failure `event: error` with the problem body "
+        "(status, code, detail).")},
+        204: {"description": "Last-Event-ID says the client already has the image: nothing to send."},
+        **GENERATION_ERRORS})
+LAST_EVENT_ID = {"name": "last-event-id", "in": "header", "required": False, "description": LAST_EVENT_ID_DOC,
+                 "schema": {"type": "string", "pattern": EVENT_ID}}
+
+
+def with_body(schema: str, query: dict) -> dict:
+    """`openapi_extra` of a POST variant: its query and its body (JSON or multipart/form-data with files)."""
+    return {**query, "requestBody": {"required": False, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}},
+        "multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+
+
+@router.post("/generate/stream", **STREAM_DOC, openapi_extra=with_body("StreamBody", query_parameters(StreamQuery, LAST_EVENT_ID)))
+@router.get("/generate/stream", **STREAM_DOC, openapi_extra=query_parameters(StreamQuery, LAST_EVENT_ID))
 async def generate_stream(started: Annotated[tuple, Depends(admitted_stream)]) -> AsyncIterable[ServerSentEvent]:
     req, job = started
     gen, size = req.gen, req.gen.size
@@ -136,11 +149,13 @@ async def generate_stream(started: Annotated[tuple, Depends(admitted_stream)]) -
         r = ev.result
         if r.step > req.skip:
             x_t, x0 = await render.off_loop(2 * size * size, render.frame_pair, r.sample, r.pred_original, size)
-            yield ServerSentEvent(event="step", id=f"{gen.seed}-{r.step}", data={
-                "step": r.step, "total": r.total, "timestep": r.timestep, "x_t": x_t, "x0": x0})
+            step = {"step": r.step, "total": r.total, "timestep": r.timestep, "x_t": x_t, "x0": x0}
+            if ev.probs is not None:
+                step["probs"] = list(ev.probs)
+            yield ServerSentEvent(event="step", id=f"{gen.seed}-{r.step}", data=step)
         if r.done:
             t_done = job.clock()
-            image = await render.off_loop(size * size, render.png, r.sample, size)
+            image = await render.off_loop(size * size, render.png, r.sample, size, parameters(gen))
             queue_ms, gen_ms = _timing(job, t_done)
             yield ServerSentEvent(event="done", id=f"{gen.seed}-done", data={
                 **meta, "image": render.b64(image), "queue_ms": queue_ms, "generate_ms": gen_ms})
@@ -148,13 +163,17 @@ async def generate_stream(started: Annotated[tuple, Depends(admitted_stream)]) -
 
 
 # -- GET /generate.gif -----------------------------------------------------------
-@router.get("/generate.gif", response_class=Response, summary="The denoising of one digit as an animated GIF",
-            responses={200: {"content": {"image/gif": {}},
-                             "description": "frames=x0 (default): the model's estimate of the digit after every "
-                                            "kept step; frames=xt: the initial noise, then x_t after every kept "
-                                            "step. The last frame (the digit) is held. X-Seed: the seed."},
-                       **GENERATION_ERRORS},
-            openapi_extra=query_parameters(GifQuery))
+GIF_DOC = dict(
+    response_class=Response, summary="The denoising of one digit as an animated GIF",
+    responses={200: {"content": {"image/gif": {}},
+                     "description": "frames=x0 (default): the model's estimate of the digit after every kept step; "
+                                    "frames=xt: the starting sample, then x_t after every kept step. The last frame "
+                                    "(the digit) is held. X-Seed: the seed."},
+               **GENERATION_ERRORS})
+
+
+@router.post("/generate.gif", **GIF_DOC, openapi_extra=with_body("GifBody", query_parameters(GifQuery)))
+@router.get("/generate.gif", **GIF_DOC, openapi_extra=query_parameters(GifQuery))
 async def generate_gif(request: Request):
     svc = await service(request)
     gen = await gif_generation(request, svc)

@@ -102,3 +102,14 @@ def test_memory_bench_smoke_reports_the_peak_and_what_stays(tiny_weights, tmp_pa
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     row = json.loads(out.read_text())["row"]
     assert row["peak_mb"] >= row["rss_after_mb"] > 0 and row["engine_scratch_mb"] > 0
+
+
+def test_explore_bench_smoke_times_a_grid_and_a_morph(tiny_weights, tmp_path):
+    out = tmp_path / "explore.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "explore.py"), "--weights", str(tiny_weights),
+                           "--rounds", "1", "--clients", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(r["median_s"] > 0 for r in rows.values())
+    assert all(r["neighbour_digit_p50_s"] for name, r in rows.items() if ", 1 other" in name), rows

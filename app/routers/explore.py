@@ -241,8 +241,11 @@ async def compare_grid(request: Request):
             render.b64(render.png(x, size, parameters(c))) for x, c in zip(finals, cells)])
         return JSONResponse({"columns": col_labels, "rows": row_labels, "cells": [
             {"index": i, "parameters": parameters(c), "png_base64": b} for i, (c, b) in enumerate(zip(cells, pngs))]})
+    value = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    title = f"columns: {g.x.param}" + ("" if g.y is None else f"   rows: {g.y.param}")
     data = await render.off_loop(len(cells) * size * size, lambda: png_bytes(labelled_grid(
-        finals, len(col_labels), size, col_labels, row_labels)))
+        finals, len(col_labels), size, [value(v) for v in g.x.values],
+        None if g.y is None else [value(v) for v in g.y.values], title)))
     return Response(data, media_type="image/png", headers={"X-Seed": str(cells[0].seed)})
 
 

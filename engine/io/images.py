@@ -186,26 +186,31 @@ def gif_bytes(frames: list[Image.Image], frame_ms: int = 80, hold_last_ms: int =
 
 
 def labelled_grid(images: list[np.ndarray], cols: int, size: int, col_labels: list[str],
-                  row_labels: list[str] | None = None, pad: int = 2) -> Image.Image:
-    """A grid (row-major) with a label above every column and, when given,
-    beside every row: a comparison of swept parameters."""
+                  row_labels: list[str] | None = None, title: str | None = None, pad: int = 2) -> Image.Image:
+    """A grid (row-major) with a value above every column and, when given,
+    beside every row, under a title line naming the swept parameters: a
+    comparison. Cells grow past `size` where a column's label would not fit."""
     from PIL import ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    body = grid(images, cols, size, pad)
-    probe = ImageDraw.Draw(body)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
 
     def width(text: str) -> int:
         return int(probe.textlength(text, font=font))
-    top = 14
+    size = max(size, max((width(t) for t in col_labels), default=0) + 4)
+    body = grid(images, cols, size, pad)
+    head = 14 if title else 0
+    top = head + 14
     left = max((width(t) for t in row_labels), default=0) + 6 if row_labels else 0
-    canvas = Image.new("L", (body.width + left, body.height + top), 0)
+    canvas = Image.new("L", (max(body.width + left, width(title or "") + 4), body.height + top), 0)
     canvas.paste(body, (left, top))
     draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((2, 1), title, fill=160, font=font)
     cell = size + pad
     for c, text in enumerate(col_labels):
         x = left + pad + c * cell + max(0, (size - width(text)) // 2)
-        draw.text((x, 1), text, fill=220, font=font)
+        draw.text((x, head + 1), text, fill=220, font=font)
     for r, text in enumerate(row_labels or []):
         draw.text((2, top + pad + r * cell + max(0, (size - 10) // 2)), text, fill=220, font=font)
     return canvas

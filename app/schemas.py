@@ -307,9 +307,12 @@ class ModelInfo(BaseModel):
     defaults: dict = Field(description="Its sampling defaults (from its model_index.json).")
     limits: dict = Field(description="Allowed values; max_steps per scheduler is this model's own limit.")
     schedulers: list[str] = Field(description="The samplers this model takes.")
+    noise_schedule: dict = Field(description="Its training noise schedule: num_train_timesteps and alphas_cumprod "
+                                             "(alpha-bar_t, the share of the clean image's signal left at step t).")
 
 
 class Info(ModelInfo):
     """The default model's description at the top level; every loaded model under `models`."""
     default_model: Model
     models: dict[str, ModelInfo]
+    classifier: bool = Field(description="Whether p(digit | x0) can be asked for (probs=true): a classifier is loaded.")

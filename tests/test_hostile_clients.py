@@ -134,7 +134,7 @@ def test_options_and_head_are_answered_where_clients_send_them(client):
     # GET for a link or <img>; POST for a body (a PNG to start from)
     assert client.options("/generate.gif").headers["allow"] == "GET, OPTIONS, POST"
     assert client.options("/no/such").status_code == 404
-    for path in ("/docs", "/openapi.json", "/static/app.js"):
+    for path in ("/docs", "/openapi.json", "/static/js/main.js"):
         get, head = client.get(path), client.head(path)
         assert head.status_code == 200 == get.status_code and head.content == b"", path
 

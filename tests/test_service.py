@@ -265,8 +265,13 @@ def test_openapi_documents_parameters_with_examples(client):
 
 def test_page_and_static_files_are_served(client):
     page = client.get("/")
-    assert page.status_code == 200 and "EventSource" not in page.text and "/static/app.js" in page.text
-    assert "EventSource" in client.get("/static/app.js").text
+    assert page.status_code == 200 and '<script type="module" src="/static/js/main.js">' in page.text
+    # every module the page imports is served as JavaScript (a module script refuses any other type)
+    main = client.get("/static/js/main.js")
+    assert main.headers["content-type"].startswith("text/javascript")
+    for module in re.findall(r'from "\./([a-z]+\.js)"', main.text):
+        r = client.get(f"/static/js/{module}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript"), module
     assert client.get("/static/style.css").status_code == 200
 
 

@@ -23,6 +23,14 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+def noise_schedule(pipe) -> dict:
+    """alpha-bar_t for every training timestep, 6 significant digits: what
+    the page plots and noises a digit with (x_t = sqrt(abar) x0 + sqrt(1 - abar) eps)."""
+    config = next(iter(pipe.sampler_configs.values()))
+    _, abar = config.schedule.tables
+    return {"num_train_timesteps": len(abar), "alphas_cumprod": [float(f"{a:.6g}") for a in abar.tolist()]}
+
+
 @router.get("/info", tags=["service"], response_model=Info, summary="Models, sampling defaults and limits",
             responses=SERVICE_ERRORS)
 async def info(svc: ServiceDep) -> Info:
@@ -37,9 +45,10 @@ async def info(svc: ServiceDep) -> Info:
                     "max_request_rows": s.max_request_rows, "max_gif_pixels": s.max_gif_pixels,
                     "max_batch": s.max_batch, "max_queue": s.max_queue, "max_backlog_rows": s.max_backlog_rows,
                     "deadline_s": s.deadline_s},
-            schedulers=list(pipe.samplers))
+            schedulers=list(pipe.samplers), noise_schedule=noise_schedule(pipe))
     models = {name: describe(pipe) for name, pipe in svc.pipes.items()}
-    return Info(**models[svc.default_model].model_dump(), default_model=svc.default_model, models=models)
+    return Info(**models[svc.default_model].model_dump(), default_model=svc.default_model, models=models,
+                classifier=svc.classifier is not None)
 
 
 @router.get("/healthz", tags=["service"], summary="Liveness: the process answers")

@@ -1,4 +1,4 @@
-"""`digitgen` command line: serve, generate, train, distill, eval, bench.
+"""`digitgen` command line: serve, generate, train, distill, eval, bench, data.
 
 Each subcommand imports only what it needs, so `digitgen generate` does not
 load the web stack and `digitgen serve` does not load the trainer."""
@@ -145,6 +145,22 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_data_mnist(args) -> int:
+    """The four MNIST IDX files, from the first mirror that serves each one verified."""
+    from engine.io.download import DownloadError, download_mnist, mirrors_from
+
+    if not args.timeout > 0:
+        print(f"error: --timeout must be more than 0 seconds, not {args.timeout:g}", file=sys.stderr)
+        return 2
+    try:
+        folder = download_mnist(args.out, mirrors_from(args.mirror), timeout=args.timeout)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder} (train with: digitgen train --data {folder})")
+    return 0
+
+
 def cmd_train(argv) -> int:
     from engine.training.train import main
 
@@ -257,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="the generation parameters a PNG carries, and the request that makes it again")
     i.add_argument("file", type=Path)
     i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("data", help="download a data set: digitgen data mnist")
+    dsub = d.add_subparsers(dest="dataset", required=True)
+    dm = dsub.add_parser("mnist", help="the four MNIST IDX files, checked against their published SHA-256",
+                         description="Download the four MNIST IDX files (.gz) into a folder the trainer reads, "
+                                     "trying the mirrors in order for each and checking its size and SHA-256.")
+    dm.add_argument("--out", type=Path, default=Path("data/mnist"), help="folder (default data/mnist)")
+    dm.add_argument("--mirror", action="append", metavar="URL",
+                    help="a mirror's base URL, tried in the order given (repeatable; default: "
+                         "$DIGITGEN_MNIST_MIRRORS, comma-separated, else the public mirrors)")
+    dm.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds a mirror may stay silent, connecting or mid-transfer, before the next is tried "
+                         "(default 30)")
+    dm.set_defaults(func=cmd_data_mnist)
 
     for name, helptext in (("train", "train the diffusion model (python -m engine.training.train)"),
                            ("distill", "distill it into a few-step model (python -m engine.training.distill)"),

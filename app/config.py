@@ -24,9 +24,13 @@ malformed, stops start-up with one line that names the variable.
     DIGITGEN_MAX_IDLE_CONNECTIONS connections waiting for a request (new, slow or kept alive) past which the
                             oldest is closed (default 1000, at most a quarter of the open-file limit)
     DIGITGEN_API_KEYS       comma-separated API keys; when set (or DIGITGEN_API_KEYS_FILE, one key a line)
-                            every endpoint but the probes, metrics, page and docs needs Authorization: Bearer <key>
+                            every endpoint but the probes, metrics, page and docs needs Authorization: Bearer <key>;
+                            an address gets 10 wrong keys, then one a minute (429 until then: app/gate.py)
     DIGITGEN_RATE_LIMIT     requests a second per client (API key, else address); 0 = off (default)
     DIGITGEN_RATE_BURST     requests a client may send at once before the rate applies (default 20)
+    DIGITGEN_TRUSTED_PROXIES comma-separated proxy addresses or networks (10.0.0.5, 10.0.0.0/8, fd00::/8)
+                            whose X-Forwarded-For / Forwarded names the client; from any other peer those
+                            headers are ignored (default: none, the client is the socket's peer)
     DIGITGEN_CORS_ORIGINS   comma-separated origins allowed to call the API from a browser (default: none)
     DIGITGEN_ALLOWED_HOSTS  comma-separated names the Host header may carry, or * for any (default: the
                             loopback names when bound to loopback or a named address; * on 0.0.0.0 / ::)
@@ -36,6 +40,7 @@ malformed, stops start-up with one line that names the variable.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +103,7 @@ class Settings:
     api_keys_file: str = ""
     rate_limit: float = 0.0
     rate_burst: int = 20
+    trusted_proxies: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
@@ -111,7 +117,8 @@ class Settings:
         if self.max_backlog_rows < self.max_request_rows:
             raise ConfigError(f"setting max_backlog_rows={self.max_backlog_rows} is below max_request_rows="
                               f"{self.max_request_rows}: no request of the largest allowed cost could be admitted")
-        for name in ("api_keys", "cors_origins", "allowed_hosts"):
+        self.trusted_proxy_list  # each an address or a network, else one line naming it
+        for name in ("api_keys", "cors_origins", "allowed_hosts", "trusted_proxies"):
             raw = getattr(self, name)
             if raw.strip() and not _items(raw):
                 raise ConfigError(f"setting {name}={raw!r} lists nothing: leave it unset, or give at least one")
@@ -150,6 +157,19 @@ class Settings:
                 raise ConfigError(f"DIGITGEN_API_KEYS_FILE={self.api_keys_file!r} holds no key (one a line)")
             keys += found
         return tuple(keys)
+
+    @property
+    def trusted_proxy_list(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """DIGITGEN_TRUSTED_PROXIES as networks (an address is its /32 or /128)."""
+        networks = []
+        for item in _items(self.trusted_proxies):
+            try:
+                networks.append(ipaddress.ip_network(item.strip("[]")))
+            except ValueError as e:
+                said = ("has host bits set: the network is " + str(ipaddress.ip_network(item.strip("[]"), strict=False))
+                        if "host bits" in str(e) else "is not an IP address or network (such as 10.0.0.5, 10.0.0.0/8)")
+                raise ConfigError(f"DIGITGEN_TRUSTED_PROXIES: {item[:100]!r} {said}") from None
+        return tuple(networks)
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:

@@ -10,12 +10,17 @@ In order, each check answering with the service's one error shape
    (else 403), with the CORS headers and preflights for the listed ones;
    `OPTIONS` answered with the methods a path takes;
 3. API keys (`Authorization: Bearer <key>`, when configured) on everything
-   but the probes, the metrics, the page and the docs (else 401);
+   but the probes, the metrics, the page and the docs (else 401; an address
+   that keeps presenting wrong keys gets 429);
 4. a per-client token bucket (when configured; else 429 with Retry-After,
    which is this client's own limit: a 503 is the whole server's);
 5. a query string that gives a parameter twice must give it the same value;
 6. the body: no content encoding, at most DIGITGEN_MAX_BODY_BYTES (413,
    counted as it arrives), within DIGITGEN_BODY_TIMEOUT_S (408).
+
+The client of 3 and 4, of the access log and of the routes (scope["client"])
+is the socket's peer, or, when that peer is one of DIGITGEN_TRUSTED_PROXIES,
+the address it forwards (app/gate.py has the rule and the keys' throttle).
 
 Around every request: an `X-Request-ID` (the client's when it is sane, else
 a new one) echoed back, security headers (and a strict CSP on the page),
@@ -27,19 +32,17 @@ connections, stalled readers) is in app/connection.py.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import math
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 from .errors import Problem, send_problem
+from .gate import Gate
 from .metrics import ServiceMetrics
 
 access_log = logging.getLogger("digitgen.access")
@@ -65,30 +68,6 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 OVERLOADED = "digitgen.overloaded"  # scope key set by app/connection.py past its cap on requests in progress
 
 
-class TokenBuckets:
-    """rate tokens a second, at most `burst` saved up, one bucket per client."""
-
-    def __init__(self, rate: float, burst: int, clock=time.monotonic, max_clients: int = 10_000):
-        self.rate, self.burst, self.clock, self.max_clients = rate, burst, clock, max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
-        self._lock = threading.Lock()
-
-    def take(self, client: str) -> float:
-        """0 if the client may go now, else the seconds until it may."""
-        now = self.clock()
-        with self._lock:
-            tokens, then = self._buckets.get(client, (float(self.burst), now))
-            tokens = min(self.burst, tokens + (now - then) * self.rate)
-            if tokens >= 1:
-                self._buckets[client] = (tokens - 1, now)
-                if len(self._buckets) > self.max_clients:  # forget the oldest, full buckets first
-                    for key in sorted(self._buckets, key=lambda k: self._buckets[k][1])[:len(self._buckets) // 2]:
-                        del self._buckets[key]
-                return 0.0
-            self._buckets[client] = (tokens, now)
-            return (1 - tokens) / self.rate
-
-
 def host_name(authority: str) -> str:
     """The name in a Host header or an origin's authority, without the port, lower-case."""
     authority = authority.strip().lower()
@@ -100,15 +79,14 @@ def host_name(authority: str) -> str:
 class Edge:
     def __init__(self, app, *, metrics: ServiceMetrics, routes: Mapping[str, frozenset[str]],
                  allowed_hosts: tuple[str, ...] = ("*",), cors_origins: tuple[str, ...] = (),
-                 api_keys: tuple[str, ...] = (), rate: float = 0.0, burst: int = 1,
+                 api_keys: tuple[str, ...] = (), rate: float = 0.0, burst: int = 1, trusted_proxies=(),
                  max_body_bytes: int = 65536, body_timeout_s: float = 10.0, clock=time.monotonic):
         self.app, self.metrics = app, metrics
         self.routes = routes  # path -> the methods it takes ("/static/*": everything under a mounted folder)
         self.any_host = "*" in allowed_hosts
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.cors_origins = frozenset(cors_origins)
-        self.api_keys = tuple(k.encode() for k in api_keys)
-        self.buckets = TokenBuckets(rate, max(1, burst), clock) if rate > 0 else None
+        self.gate = Gate(api_keys, rate, burst, trusted_proxies, clock)
         self.max_body_bytes, self.body_timeout_s = max_body_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send):
@@ -116,6 +94,8 @@ class Edge:
             return await self.app(scope, receive, send)
         start, status, path = time.perf_counter(), 500, scope["path"]
         headers = scope.get("headers", ())
+        if self.gate.proxies.networks:  # the forwarded client, from a trusted proxy, for everything after this
+            scope["client"] = self.gate.proxies.client_of(scope.get("client"), headers)
         request_id = request_id_of(headers)
         origin = _header(headers, b"origin")
         cors = origin is not None and origin in self.cors_origins
@@ -173,18 +153,10 @@ class Edge:
         if scope["method"] == "OPTIONS":
             return None  # a preflight carries no key; the request it asks about will
         open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-        if self.api_keys and not open_path and self._key(headers) is None:
-            return Problem(401, "unauthorized", "an API key is required: send Authorization: Bearer <key>",
-                           headers={"www-authenticate": 'Bearer realm="digitgen"'})
-        if self.buckets is not None and not open_path:
-            key = self._key(headers)
-            client = "key:" + key.decode("latin-1") if key else "ip:" + (scope.get("client") or ("?",))[0]
-            wait = self.buckets.take(client)
-            if wait > 0:
-                return Problem(429, "rate_limited",
-                               f"too many requests from this client: at most {self.buckets.rate:g} a second "
-                               f"(bursts of {self.buckets.burst}); retry in {math.ceil(wait)} s",
-                               retry_after=math.ceil(wait))
+        if self.gate.on and not open_path:
+            problem = self.gate.refusal((scope.get("client") or ("?",))[0], _header(headers, b"authorization"))
+            if problem is not None:
+                return problem
         pairs = scope[QUERY] = parse_query(scope.get("query_string", b""))
         problem = repeated_parameter(pairs)
         if problem is not None:
@@ -205,14 +177,6 @@ class Edge:
         """The page this server serves, calling it: the Origin's authority is
         the Host, which the first check has held to the allowed names."""
         return bool(host) and origin.partition("://")[2].lower() == host.lower() and self._host_allowed(host)
-
-    def _key(self, headers) -> bytes | None:
-        """The request's API key when it is one of the server's, else None."""
-        scheme, _, key = (_header(headers, b"authorization") or "").encode("latin-1").partition(b" ")
-        key = key.strip()
-        if scheme.lower() == b"bearer" and any(hmac.compare_digest(key, k) for k in self.api_keys):
-            return key
-        return None
 
     async def _options(self, send, scope, headers, cors: bool) -> Problem | None:
         """A CORS preflight (for an allowed origin), or the methods the path takes (204 with Allow)."""

@@ -283,6 +283,7 @@ def create_app(settings: Settings | None = None, *,
     app.add_middleware(Edge, metrics=app.state.metrics, routes=_route_methods(app),
                        allowed_hosts=limits.allowed_host_list, cors_origins=limits.cors_origin_list,
                        api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst,
+                       trusted_proxies=limits.trusted_proxy_list,
                        max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
     _access_log_to_stderr()
     return app
@@ -296,7 +297,8 @@ def server_config(app: FastAPI, settings: Settings, log_level: str = "info") -> 
         access_log=False,          # the app writes JSON access lines
         limit_concurrency=None,    # app/connection.py counts requests and idle connections apart
         timeout_keep_alive=5,      # idle keep-alive connections close
-        proxy_headers=False,       # X-Forwarded-For from 127.0.0.1 was trusted: any local client named its address
+        proxy_headers=False,       # the Edge reads X-Forwarded-For / Forwarded, from DIGITGEN_TRUSTED_PROXIES only
+        forwarded_allow_ips="",    # (uvicorn's default trusted 127.0.0.1: any local client named its address)
         http=limited_protocol(settings.header_timeout_s, max_idle=settings.max_idle_connections,
                               max_requests=settings.max_connections, send_timeout_s=settings.send_timeout_s),
         loop="auto")               # uvloop (a dependency where it exists, not on Windows), else asyncio

@@ -48,7 +48,7 @@ def test_api_keys_guard_the_api_but_not_the_probes_or_page(keyed):
     for key in ("first-key", "second-key"):  # from the variable and from the file
         ok = httpx.post(url + "/generate", params={"label": 1, "steps": 1}, headers={"Authorization": f"Bearer {key}"})
         assert ok.status_code == 200
-    for path in ("/healthz", "/readyz", "/metrics", "/", "/static/app.js"):
+    for path in ("/healthz", "/readyz", "/metrics", "/", "/static/style.css"):
         assert httpx.get(url + path).status_code == 200, path
 
 
@@ -69,3 +69,53 @@ def test_rate_limit_is_per_client_and_a_429_not_a_503(tiny_weights, tmp_path):
         assert httpx.get(srv.url + "/healthz").status_code == 200  # probes are never limited
     finally:
         srv.stop()
+
+
+def test_wrong_keys_are_throttled_per_address_and_a_right_key_elsewhere_is_not(tiny_weights, tmp_path):
+    """Wrong keys used to be free: 300 guesses in 0.2 s, 300 401s. Now an
+    address gets AUTH_FAILURE_BURST of them, then 429 for every key it
+    presents, right or wrong (a 200 there would tell a guesser which guess
+    was right), until one more try a minute comes back; counts, not durations."""
+    from app.gate import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE
+    from test_proxies import can_bind, from_address
+    srv = Server(tiny_weights, tmp_path / "uvicorn.log", api_keys="right-key")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            guesses = [c.get("/info", headers={"Authorization": f"Bearer guess-{i}"})
+                       for i in range(AUTH_FAILURE_BURST + 5)]
+            assert [r.status_code for r in guesses] == [401] * AUTH_FAILURE_BURST + [429] * 5
+            throttled = guesses[-1]
+            assert throttled.json()["code"] == "rate_limited" and "wrong API keys" in throttled.json()["detail"]
+            assert 1 <= int(throttled.headers["retry-after"]) <= 1 / AUTH_FAILURE_RATE
+            assert c.get("/info", headers={"Authorization": "Bearer right-key"}).status_code == 429  # no oracle
+            assert c.get("/info").status_code == 401                # no key guesses nothing: still the 401
+            assert c.get("/healthz").status_code == 200              # the probes need no key
+            openai = c.post("/v1/images/generations", json={"prompt": "7"}, headers={"Authorization": "Bearer x"})
+            assert openai.status_code == 429 and "retry-after" in openai.headers and "error" in openai.json()
+        if can_bind("127.0.0.2"):  # another address: unaffected
+            with from_address("127.0.0.2") as other:
+                ok = other.get(srv.url + "/info", headers={"Authorization": "Bearer right-key"})
+                assert ok.status_code == 200
+                assert other.get(srv.url + "/info", headers={"Authorization": "Bearer guess"}).status_code == 401
+    finally:
+        srv.stop()
+
+
+def test_the_wrong_key_allowance_comes_back_at_its_rate_and_right_keys_cost_nothing():
+    """The gate alone, on a clock the test drives."""
+    from app.gate import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, Gate
+    now = [0.0]
+    gate = Gate(("right-key",), clock=lambda: now[0])
+    codes = lambda auth, n=1: [getattr(gate.refusal("192.0.2.1", auth), "status", 200) for _ in range(n)]
+    assert codes("Bearer right-key", 50) == [200] * 50                          # right keys never count
+    assert codes("Bearer nope", AUTH_FAILURE_BURST + 1) == [401] * AUTH_FAILURE_BURST + [429]
+    assert codes("Bearer right-key") == [429]
+    assert gate.refusal("192.0.2.1", "Bearer nope").retry_after == 1 / AUTH_FAILURE_RATE
+    now[0] += 1 / AUTH_FAILURE_RATE                                               # one more try comes back
+    assert codes("Bearer right-key") == [200] and codes("Bearer nope", 2) == [401, 429]
+    assert codes(None) == [401]                                                   # no key: the plain 401
+    assert getattr(gate.refusal("192.0.2.2", "Bearer right-key"), "status", 200) == 200  # another address
+    # one IPv6 host is given a /64: its addresses share one allowance
+    assert [getattr(gate.refusal(f"2001:db8::{i:x}", "Bearer nope"), "status", 200)
+            for i in range(AUTH_FAILURE_BURST + 1)] == [401] * AUTH_FAILURE_BURST + [429]
+    assert getattr(gate.refusal("2001:db8:0:1::1", "Bearer nope"), "status", 200) == 401

@@ -12,10 +12,14 @@ python3 -m venv .venv
 # (schemathesis, hypothesis, ...) must not turn a clean clone red overnight.
 .venv/bin/python -m pip install --quiet -c requirements-test.lock -e '.[test]'
 
-# A real headless browser for tests/test_page.py (never Playwright's own download).
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing chromium (apt-get) for the browser test ..."
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Real parts from Debian: a headless browser for tests/test_page.py (never
+# Playwright's own download) and the load balancer for tests/test_load_balancer.py.
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing$missing (apt-get) for the browser and load-balancer tests ..."
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def yaml_files(folder: Path = DEPLOY) -> list[Path]:
 
 def manifests() -> list[Path]:
     """Every file of Kubernetes objects (kustomization.yaml is kustomize's own)."""
-    return [p for p in yaml_files() if p.name != "kustomization.yaml"]
+    return [p for p in yaml_files() if p.name != "kustomization.yaml" and p.parent in (BASE, CPU_FALLBACK)]
 
 
 def documents() -> list[tuple[str, int, dict]]:
@@ -396,3 +397,39 @@ def test_what_kustomize_renders_validates(folder):
     types = sorted({m["type"] for m in hpa["spec"]["metrics"]})
     assert types == (["Resource"] if folder == CPU_FALLBACK else ["Pods"]), \
         f"kubectl kustomize {folder.name}: the HPA scales on {types}"
+
+
+# -- Compose (deploy/compose.yaml) and HAProxy ------------------------------------------
+def test_compose_runs_replicas_the_settings_accept_behind_the_shared_haproxy_config():
+    import ipaddress
+
+    compose = load(DEPLOY / "compose.yaml")[0]
+    app, lb = compose["services"]["digitgen"], compose["services"]["lb"]
+    env = {k: str(v) for k, v in app["environment"].items()}
+    unknown = {n for n in env if n.startswith("DIGITGEN_")} - settings_variables()
+    assert not unknown, f"compose.yaml sets {sorted(unknown)}, which Settings.from_env never reads"
+    settings = Settings.from_env(env)   # raises ConfigError, naming the variable, on a bad value
+    # one engine thread per CPU the container may use (os.cpu_count() sees the host's cores)
+    assert settings.threads == int(float(app["deploy"]["resources"]["limits"]["cpus"]))
+    # the replicas trust X-Forwarded-For from their own network only, the one HAProxy is on
+    subnet = compose["networks"]["digitgen"]["ipam"]["config"][0]["subnet"]
+    assert env["DIGITGEN_TRUSTED_PROXIES"] == subnet and ipaddress.ip_network(subnet).is_private
+    assert app["networks"] == lb["networks"] == ["digitgen"]
+    # HAProxy reads the shared deploy/haproxy/haproxy.cfg and the compose server lines, in that order
+    script = " ".join(lb["command"])
+    assert "./haproxy:/cfg:ro" in lb["volumes"] and "/cfg/haproxy.cfg /cfg/compose-servers.cfg" in script
+    assert lb["environment"]["DIGITGEN_LB_BIND"].endswith(":" + lb["ports"][0].split(":")[1])
+    # a replica's stop grace covers the service's graceful period (10 s unless set)
+    assert int(app["stop_grace_period"].rstrip("s")) > settings.graceful_s
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+@pytest.mark.parametrize("extra", ["", "compose-servers.cfg"])
+def test_the_haproxy_config_is_valid_as_haproxy_checks_it(tmp_path, extra):
+    text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    text += (DEPLOY / "haproxy" / extra).read_text() if extra else "    server r1 127.0.0.1:8001\n"
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(text)
+    r = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True,
+                       env={**os.environ, "DIGITGEN_LB_BIND": "127.0.0.1:8000"})
+    assert r.returncode == 0, r.stdout + r.stderr

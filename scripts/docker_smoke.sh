@@ -115,6 +115,13 @@ head -c 8 "$WORK/digit.png" | od -An -tx1 | grep -q "89 50 4e 47 0d 0a 1a 0a" ||
 grep -qi '^content-type: image/png' "$WORK/headers.txt" || { echo "wrong content type" >&2; exit 1; }
 say "POST /generate?label=5 -> PNG ($(stat -c %s "$WORK/digit.png") bytes)"
 
+# the page and every module it imports are in the installed package
+curl -fsS "$BASE_URL/" | grep -q '/static/js/main.js' || { echo "the page does not load /static/js/main.js" >&2; exit 1; }
+for m in $(curl -fsS "$BASE_URL/static/js/main.js" | sed -n 's/.*from "\.\/\([a-z]*\.js\)".*/\1/p') main.js; do
+  curl -fsS -o /dev/null "$BASE_URL/static/js/$m" || { echo "the image lacks app/static/js/$m" >&2; exit 1; }
+done
+say "the page and its modules are served"
+
 uid=$(docker exec "$NAME" id -u)
 [ "$uid" != 0 ] || { echo "the container runs as root" >&2; exit 1; }
 say "runs as uid $uid"

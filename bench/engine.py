@@ -8,7 +8,8 @@ targets.
     python bench/engine.py                       # NumPy engine only
     /path/to/refvenv/bin/python bench/engine.py  # with torch + diffusers side by side
 
-Prints a table and writes JSON (default bench/results/engine.json).
+Prints a table and writes JSON: bench/results/engine.local.json (not tracked), or
+`--json bench/results/engine.json` to record a result in the repository.
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def main(argv=None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="UNet config JSON")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--json", help="where to write the result (default: bench/results/engine.json, except for --quick)")
+    p.add_argument("--json", help="where to write the result (default: bench/results/engine.local.json, not tracked; "
+                                  "a --quick run writes only where told)")
     p.add_argument("--no-reference", action="store_true", help="skip diffusers even if installed")
     p.add_argument("--quick", action="store_true", help="fewer rounds (smoke run); writes JSON only with --json")
     args = p.parse_args(argv)
@@ -192,8 +194,8 @@ def main(argv=None, prog: str | None = None) -> int:
 
         info["machine"].update(torch=torch.__version__, diffusers=diffusers.__version__,
                                torch_threads=torch.get_num_threads())
-    if args.json or not args.quick:  # a smoke run never replaces the recorded result
-        write_json(args.json or str(ROOT / "bench" / "results" / "engine.json"), info)
+    if args.json or not args.quick:  # a user's run never rewrites the tracked result unless told to
+        write_json(args.json or str(ROOT / "bench" / "results" / "engine.local.json"), info)
     return 0
 
 

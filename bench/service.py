@@ -1,6 +1,6 @@
 """Service benchmark: digits/s and p50/p95 latency of POST /generate at 1, 4
 and 16 concurrent clients (each model at its own sampling defaults: base 20
-DPM-Solver++ steps with guidance, fast a few LCM steps), next to the engine's
+DPM-Solver++ steps with guidance, fast its 3 TCD steps), next to the engine's
 own in-process batched sampling at the same batch sizes (`pipe.step` looped
 over N trajectories until done) and its single-digit sampling time. Engine
 and service rounds alternate per level (at 1 client: sample by sample), and

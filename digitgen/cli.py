@@ -223,8 +223,15 @@ def cmd_bench(argv) -> int:
     return bench.main(argv[1:], prog=f"digitgen bench {argv[0]}")
 
 
+def _version() -> str:
+    from engine.generation import engine_version
+
+    return engine_version().removeprefix("digitgen ")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="digitgen", description="Handwritten digits from a NumPy diffusion model.")
+    p.add_argument("--version", action="version", version=f"digitgen {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the HTTP service")

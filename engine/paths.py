@@ -14,6 +14,7 @@ CLASSIFIER = WEIGHTS / "classifier"            # the evaluation's MNIST classifi
 # model is the folder itself, the distilled student a subfolder of it.
 MODEL_FOLDERS = {"base": ".", "fast": "fast"}
 MODEL_CONFIG = Path(__file__).resolve().parent / "configs" / "unet_mnist.json"
+QUICK_MODEL_CONFIG = MODEL_CONFIG.with_name("unet_mnist_quick.json")   # `digitgen train --preset quick`
 DATA = REPO / "data" / "mnist.npz"
 
 

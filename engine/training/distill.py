@@ -92,6 +92,7 @@ class DistillConfig:
     checkpoint_minutes: float = 10.0
     sample_seeds: int = 4
     sample_steps: int = 4
+    sample_every: int = 0             # live grids are the trainer's (Trainer.live_sample samples a diffusion model)
     log_every: int = 10
     limit: int = 0
 

@@ -20,10 +20,11 @@ from engine.pipeline import InvalidParameter
 
 from .. import render
 from ..dependencies import Given, body_params, given_params, read_images, service, validation_problem
-from ..errors import Problem, problem_response, sse_error
+from ..errors import Problem, problem_response
 from ..openapi import GENERATION_ERRORS, errors, query_parameters
 from ..schemas import GRID_CELLS, GenerateQuery, GridBody, MorphBody, MorphQuery
-from ..worker import FailedEvent, Job
+from ..worker import Job
+from .generate import next_event_or_error
 
 router = APIRouter(tags=["explore"])
 
@@ -62,13 +63,9 @@ async def _events(job: Job, gens: list[Generation], labels: list[dict]) -> Async
                                                              for i, (g, meta) in enumerate(zip(gens, labels))]})
         left = len(gens)
         while left:
-            try:
-                ev = await job.next_event()
-            except Problem as p:
-                yield sse_error(p)
-                return
-            if isinstance(ev, FailedEvent):
-                yield sse_error(ev.error)
+            ev = await next_event_or_error(job)
+            if isinstance(ev, ServerSentEvent):
+                yield ev
                 return
             r, gen, size = ev.result, gens[ev.index], gens[ev.index].size
             x_t, x0 = await render.off_loop(2 * size * size, render.frame_pair, r.sample, r.pred_original, size)

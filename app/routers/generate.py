@@ -106,6 +106,16 @@ async def admitted_stream(request: Request):
         job.cancel("disconnect")  # the stream ended early, or never started
 
 
+async def next_event_or_error(job: Job):
+    """The job's next ImageStep, or the `event: error` that ends its stream
+    (the job refused or ended by a deadline, shutdown or failure)."""
+    try:
+        ev = await job.next_event()
+    except Problem as p:
+        return sse_error(p)
+    return sse_error(ev.error) if isinstance(ev, FailedEvent) else ev
+
+
 STREAM_DOC = dict(
     response_class=EventSourceResponse, summary="Watch one digit being denoised (Server-Sent Events)",
     responses={200: {"description": (
@@ -138,13 +148,9 @@ async def generate_stream(started: Annotated[tuple, Depends(admitted_stream)]) -
         yield ServerSentEvent(event="start", id=f"{gen.seed}-0", retry=3000,
                               data={**meta, "total": gen.sampling.steps, "x_t": render.b64(noise)})
     while True:
-        try:
-            ev = await job.next_event()
-        except Problem as p:
-            yield sse_error(p)
-            return
-        if isinstance(ev, FailedEvent):
-            yield sse_error(ev.error)
+        ev = await next_event_or_error(job)
+        if isinstance(ev, ServerSentEvent):
+            yield ev
             return
         r = ev.result
         if r.step > req.skip:

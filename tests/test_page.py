@@ -240,6 +240,7 @@ def test_with_api_keys_on_the_page_asks_for_one_and_then_works(browser, tiny_wei
 
 def stroke(page, points, pointer="mouse"):
     """Draw through the pad's pointer events, as mouse, pen or touch send them."""
+    page.eval_on_selector("#pad", "c => c.scrollIntoView({block: 'center'})")   # a mouse acts in the viewport
     box = page.eval_on_selector("#pad", "c => c.getBoundingClientRect().toJSON()")
     at = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in points]
     if pointer == "mouse":
@@ -262,10 +263,11 @@ def test_a_drawn_stroke_is_completed_and_the_kept_part_comes_back_exactly(browse
     w = Watched(browser, server.url + "/")
     page = w.page
     page.wait_for_function(READY)
-    page.click("#digits button[data-digit='7']")
     page.fill("#steps", "6")
     page.fill("#seed", "5")
     page.click("#tab-draw")
+    page.click("#draw-digits button[data-digit='7']")   # the digit is picked on the pad's panel too
+    assert page.get_attribute("#digits button[data-digit='7']", "aria-checked") == "true"
     assert page.is_hidden("#strength-label") is False and "Strength" in page.inner_text("#panel-draw")
     stroke(page, [(0.25, 0.25), (0.75, 0.25), (0.45, 0.8)])             # a 7 with the mouse
     stroke(page, [(0.35, 0.5), (0.6, 0.5)], pointer="touch")            # its bar with a finger

@@ -27,15 +27,18 @@ export class Controls {
     this.models = {};
     this.label = 5;
     this.onChange = onChange;
-    for (let d = 0; d < 10; d++) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = d;
-      b.dataset.digit = d;
-      b.setAttribute("role", "radio");
-      b.setAttribute("aria-label", `digit ${d}`);
-      b.addEventListener("click", () => this.pick(d));
-      this.ui.digits.append(b);
+    // one digit picker on every panel that draws one (Generate, Draw), kept in step
+    for (const box of document.querySelectorAll(".digits")) {
+      for (let d = 0; d < 10; d++) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = d;
+        b.dataset.digit = d;
+        b.setAttribute("role", "radio");
+        b.setAttribute("aria-label", `digit ${d}`);
+        b.addEventListener("click", () => this.pick(d));
+        box.append(b);
+      }
     }
     this.pick(this.label);
     this.ui.model.addEventListener("change", () => this.applyModel(this.ui.model.value));
@@ -46,7 +49,9 @@ export class Controls {
 
   pick(d) {
     this.label = d;
-    for (const b of this.ui.digits.children) b.setAttribute("aria-checked", String(Number(b.dataset.digit) === d));
+    for (const b of document.querySelectorAll(".digits button")) {
+      b.setAttribute("aria-checked", String(Number(b.dataset.digit) === d));
+    }
     this.onChange?.(this);
   }
 

@@ -11,7 +11,7 @@ import {Viewer} from "./viewer.js";
 
 const $ = (sel) => document.querySelector(sel);
 const viewer = new Viewer();
-const controls = new Controls((c) => { $("#draw-digit").textContent = String(c.label); });
+const controls = new Controls();
 const pad = new DrawPad();
 const noising = new Noising();
 const history = new History((p) => { controls.apply(p); showTab("generate"); });

@@ -277,7 +277,7 @@ def test_a_drawn_stroke_is_completed_and_the_kept_part_comes_back_exactly(browse
     drawing = base64.b64decode(page.evaluate("document.querySelector('#pad').toDataURL('image/png').split(',')[1]"))
     page.click("#draw-go")
     page.wait_for_function(DONE, timeout=60000)
-    assert "completed" in page.inner_text("#result-meta")
+    assert "completed" in page.inner_text("#result-meta") and page.is_hidden("#dl-gif")
     assert page.eval_on_selector("#viewer", "v => Number(v.dataset.frames)") > 6   # RePaint's jumps: more model steps
     final = np.asarray(Image.open(io.BytesIO(src_png(page, "#final"))), dtype=np.int16)
     kept = ((read_digit(drawing)[0] + 1) * 127.5).round().astype(np.int16)

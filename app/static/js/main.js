@@ -75,6 +75,7 @@ function finish(d, edit) {
   $("#result-meta").textContent = `A ${d.label}, ${what} · ${d.model} model · seed ${d.seed} · ` +
     `${d.scheduler}, ${d.steps} steps${guidance} · ${d.seconds.toFixed(2)} s`;
   $("#result").hidden = false;
+  $("#dl-gif").hidden = Boolean(edit);   // a GIF is made again from the parameters; an edit's image is the client's
   document.body.dataset.state = "done";
   viewer.status(`Done: a ${d.label} in ${viewer.frames.length - 1} steps. Scrub or tap the filmstrip to look back.`);
   history.add(d.image, last.params, `${d.label} · seed ${d.seed} · ${d.model} ${d.scheduler} ${d.steps} steps`);
@@ -88,7 +89,7 @@ async function download(kind) {
   const name = `digit-${last.done.label}-seed-${last.done.seed}.${kind}`;
   try {
     if (last.edit) {   // an edit's PNG as the run made it (its image is the client's to send again)
-      save(blobOf(last.done.image), name.replace(/\.gif$/, ".png"));
+      save(blobOf(last.done.image), name);
       return;
     }
     const path = kind === "png" ? "/generate" : "/generate.gif";

@@ -28,6 +28,13 @@ malformed, stops start-up with one line that names the variable.
                             an address gets 10 wrong keys, then one a minute (429 until then: app/gate.py)
     DIGITGEN_RATE_LIMIT     requests a second per client (API key, else address); 0 = off (default)
     DIGITGEN_RATE_BURST     requests a client may send at once before the rate applies (default 20)
+    DIGITGEN_KEY_QUOTA      requests per client (API key, else address) per UTC day; past it a 429
+                            quota_exceeded until the day ends; 0 = none (default)
+    DIGITGEN_REDIS_URL      redis://[[user]:password@]host[:port][/db]: the rate limits, quotas and the
+                            wrong-key throttle live there, shared by every replica (default: none, each
+                            process counts its own); while it is down each process counts its own (app/limits_store.py)
+    DIGITGEN_REDIS_TIMEOUT_S seconds one call to that store may take before the request is decided by the
+                            per-process limits instead (default 0.05)
     DIGITGEN_TRUSTED_PROXIES comma-separated proxy addresses or networks (10.0.0.5, 10.0.0.0/8, fd00::/8)
                             whose X-Forwarded-For / Forwarded names the client; from any other peer those
                             headers are ignored (default: none, the client is the socket's peer)
@@ -44,6 +51,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
 
 from engine import paths
 
@@ -74,7 +83,23 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_gif_pixels": (28 * 28 * 2, 10**10),
     "rate_limit": (0, 1e6),
     "rate_burst": (1, 10**6),
+    "key_quota": (0, 10**9),
+    "redis_timeout_s": (0.001, 5),
 }
+
+
+class RedisAddress(NamedTuple):
+    """Where DIGITGEN_REDIS_URL points; `shown` is it without the password (for logs)."""
+    host: str
+    port: int
+    db: int
+    username: str
+    password: str
+
+    @property
+    def shown(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/{self.db}"
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,9 @@ class Settings:
     rate_limit: float = 0.0
     rate_burst: int = 20
     trusted_proxies: str = ""
+    key_quota: int = 0
+    redis_url: str = ""
+    redis_timeout_s: float = 0.05
 
     def __post_init__(self):
         object.__setattr__(self, "weights", Path(self.weights))
@@ -118,6 +146,7 @@ class Settings:
             raise ConfigError(f"setting max_backlog_rows={self.max_backlog_rows} is below max_request_rows="
                               f"{self.max_request_rows}: no request of the largest allowed cost could be admitted")
         self.trusted_proxy_list  # each an address or a network, else one line naming it
+        self.redis_address  # a redis:// URL, else one line saying what is wrong with it
         for name in ("api_keys", "cors_origins", "allowed_hosts", "trusted_proxies"):
             raw = getattr(self, name)
             if raw.strip() and not _items(raw):
@@ -170,6 +199,30 @@ class Settings:
                         if "host bits" in str(e) else "is not an IP address or network (such as 10.0.0.5, 10.0.0.0/8)")
                 raise ConfigError(f"DIGITGEN_TRUSTED_PROXIES: {item[:100]!r} {said}") from None
         return tuple(networks)
+
+    @property
+    def redis_address(self) -> RedisAddress | None:
+        """DIGITGEN_REDIS_URL read: redis://[[user]:password@]host[:port][/db]; None when unset."""
+        raw = self.redis_url.strip()
+        if not raw:
+            return None
+        shown = raw if "@" not in raw else raw.partition("://")[0] + "://***@" + raw.rpartition("@")[2]
+        url = urlsplit(raw)
+        db = url.path[1:] if url.path.startswith("/") else url.path
+        try:
+            port = url.port or 6379
+        except ValueError:
+            port = None
+        said = ("is not a redis:// URL (such as redis://127.0.0.1:6379/0; TLS and unix sockets are not supported)"
+                if url.scheme != "redis" else
+                "names no host (such as redis://127.0.0.1:6379/0)" if not url.hostname else
+                "has a port that is not one (such as redis://127.0.0.1:6379/0)" if port is None else
+                "has a database that is not a number (such as redis://127.0.0.1:6379/0)"
+                if db and not (db.isdigit() and len(db) <= 5) else
+                "takes no ?options or #fragment" if url.query or url.fragment else None)
+        if said is not None:
+            raise ConfigError(f"DIGITGEN_REDIS_URL: {shown[:100]!r} {said}")
+        return RedisAddress(url.hostname, port, int(db or 0), unquote(url.username or ""), unquote(url.password or ""))
 
     @property
     def cors_origin_list(self) -> tuple[str, ...]:

@@ -12,8 +12,9 @@ In order, each check answering with the service's one error shape
 3. API keys (`Authorization: Bearer <key>`, when configured) on everything
    but the probes, the metrics, the page and the docs (else 401; an address
    that keeps presenting wrong keys gets 429);
-4. a per-client token bucket (when configured; else 429 with Retry-After,
-   which is this client's own limit: a 503 is the whole server's);
+4. a per-client token bucket and daily quota (when configured; else 429
+   with Retry-After, which is this client's own limit: a 503 is the whole
+   server's), in Redis for every replica when DIGITGEN_REDIS_URL is set;
 5. a query string that gives a parameter twice must give it the same value;
 6. the body: no content encoding, at most DIGITGEN_MAX_BODY_BYTES (413,
    counted as it arrives), within DIGITGEN_BODY_TIMEOUT_S (408).
@@ -43,6 +44,7 @@ from urllib.parse import parse_qsl
 
 from .errors import Problem, send_problem
 from .gate import Gate
+from .limits_store import SharedLimits
 from .metrics import ServiceMetrics
 
 access_log = logging.getLogger("digitgen.access")
@@ -80,17 +82,25 @@ class Edge:
     def __init__(self, app, *, metrics: ServiceMetrics, routes: Mapping[str, frozenset[str]],
                  allowed_hosts: tuple[str, ...] = ("*",), cors_origins: tuple[str, ...] = (),
                  api_keys: tuple[str, ...] = (), rate: float = 0.0, burst: int = 1, trusted_proxies=(),
+                 quota: int = 0, redis=None, redis_timeout_s: float = 0.05,
                  max_body_bytes: int = 65536, body_timeout_s: float = 10.0, clock=time.monotonic):
         self.app, self.metrics = app, metrics
         self.routes = routes  # path -> the methods it takes ("/static/*": everything under a mounted folder)
         self.any_host = "*" in allowed_hosts
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.cors_origins = frozenset(cors_origins)
-        self.gate = Gate(api_keys, rate, burst, trusted_proxies, clock)
+        store = None
+        if redis is not None:  # a config.RedisAddress: the limits shared by every replica
+            store = SharedLimits(redis, redis_timeout_s, on_fallback=metrics.limits_fallbacks.inc,
+                                 on_local=metrics.limits_local.inc)
+            metrics.limits_store_up_fn = lambda: float(store.up)
+        self.gate = Gate(api_keys, rate, burst, trusted_proxies, clock, quota=quota, store=store)
         self.max_body_bytes, self.body_timeout_s = max_body_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.gate.store is not None:
+                receive = self._store_with_lifespan(receive)
             return await self.app(scope, receive, send)
         start, status, path = time.perf_counter(), 500, scope["path"]
         headers = scope.get("headers", ())
@@ -114,7 +124,10 @@ class Edge:
             await send(message)
 
         try:
-            problem = self.refusal(scope, headers, origin)
+            if self.gate.store is None:
+                problem = self.refusal(scope, headers, origin)
+            else:
+                problem = await self.shared_refusal(scope, headers, origin)
             if problem is None and scope["method"] == "OPTIONS":
                 problem = await self._options(send_with_headers, scope, headers, cors)
                 if problem is None:
@@ -133,9 +146,46 @@ class Edge:
             route = getattr(scope.get("route"), "path", None) or self._route_of(path) or "unmatched"
             self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
 
+    def _store_with_lifespan(self, receive):
+        """The app's start-up connects the shared store (in the background), its shutdown closes it."""
+        async def lifespan_receive():
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.gate.store.start()
+            elif message["type"] == "lifespan.shutdown":
+                self.gate.store.close()
+            return message
+        return lifespan_receive
+
     # -- the checks, in order -------------------------------------------------------
     def refusal(self, scope, headers, origin: str | None) -> Problem | None:
         """The Problem to answer before anything runs, else None."""
+        problem = self._before_gate(scope, headers, origin)
+        if problem is not None or scope["method"] == "OPTIONS":
+            return problem  # a preflight carries no key; the request it asks about will
+        if self.gate.on and not self._open_path(scope["path"]):
+            problem = self.gate.refusal((scope.get("client") or ("?",))[0], _header(headers, b"authorization"))
+            if problem is not None:
+                return problem
+        return self._after_gate(scope, headers)
+
+    async def shared_refusal(self, scope, headers, origin: str | None) -> Problem | None:
+        """refusal(), with the gate's limits in the shared store."""
+        problem = self._before_gate(scope, headers, origin)
+        if problem is not None or scope["method"] == "OPTIONS":
+            return problem
+        if self.gate.on and not self._open_path(scope["path"]):
+            problem = await self.gate.check((scope.get("client") or ("?",))[0], _header(headers, b"authorization"))
+            if problem is not None:
+                return problem
+        return self._after_gate(scope, headers)
+
+    @staticmethod
+    def _open_path(path: str) -> bool:
+        return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+    def _before_gate(self, scope, headers, origin: str | None) -> Problem | None:
+        """Checks 1 and 2 (and the connection's cap on requests)."""
         path = scope["path"]
         if scope.get(OVERLOADED):
             return Problem(503, "overloaded", f"the server is serving {scope[OVERLOADED]} requests, its most "
@@ -150,13 +200,10 @@ class Edge:
         if origin is not None and origin not in self.cors_origins and not self._same_origin(origin, host):
             return Problem(403, "forbidden_origin", f"cross-origin requests from {origin[:100]} are not allowed "
                                                     f"(the server's DIGITGEN_CORS_ORIGINS lists the allowed origins)")
-        if scope["method"] == "OPTIONS":
-            return None  # a preflight carries no key; the request it asks about will
-        open_path = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-        if self.gate.on and not open_path:
-            problem = self.gate.refusal((scope.get("client") or ("?",))[0], _header(headers, b"authorization"))
-            if problem is not None:
-                return problem
+        return None
+
+    def _after_gate(self, scope, headers) -> Problem | None:
+        """Checks 5 and 6 (the body's declared length; its arrival is _read_body's)."""
         pairs = scope[QUERY] = parse_query(scope.get("query_string", b""))
         problem = repeated_parameter(pairs)
         if problem is not None:

@@ -1,54 +1,50 @@
-"""Who the client is, and whether it may go on: the edge's API keys and
-per-client rate (app/edge.py, checks 3 and 4), and the address both are
-counted against.
-
-The client's address is the socket's peer. Only when that peer is one of
-DIGITGEN_TRUSTED_PROXIES (IP addresses and networks; default none) is it read
-from the request instead, by uvicorn's rule (ProxyHeadersMiddleware): each
-proxy appends the address it saw to X-Forwarded-For, so walking the list from
-the right, past every trusted proxy, the first hop that is not one is the
-client; everything left of it the client wrote itself. Forwarded (RFC 7239,
-its `for=` values) is read the same way when there is no X-Forwarded-For. A
-hop that is not an address (`unknown`, an obfuscated name, an empty or
-malformed entry) is no one we could tell apart: the trusted proxy that wrote
-it stands for its client. When every hop is trusted, the left-most is the
-client. uvicorn's own reading of these headers is off (`serve`'s
-proxy_headers=False, app/main.py): from 127.0.0.1 it believed any local
-client's X-Forwarded-For, which escaped the rate limit and named the access
-log's client.
+"""Who the client is, and whether it may go on: the edge's API keys,
+per-client rate and quota (app/edge.py, checks 3 and 4), and the address
+they are counted against.
 
 API keys: a request that presents a key that is not one of the server's
 (any Authorization header but a right Bearer key) is a failed
 authentication, counted against its address: AUTH_FAILURE_BURST of them,
 then one more every 1 / AUTH_FAILURE_RATE s. Past that, every request from
-that address that presents a key is a 429 with Retry-After *before* its key
-is compared, right key or wrong: answering a right key 200 there would tell
-a guesser which guess was right at full speed. A request with no key at all
-is a 401 that counts for nothing (it guesses nothing); other addresses, and
-this one once its allowance is back, are unaffected. IPv6 addresses are
-counted by their /64, the block one host is given.
+that address that presents a key is a 429 with Retry-After whatever its key,
+right or wrong (the throttle is the first limit either is counted against):
+answering a right key 200 there would tell a guesser which guess was right
+at full speed. A request with no key at all is a 401 that counts for
+nothing (it guesses nothing); other addresses, and this one once its
+allowance is back, are unaffected. IPv6 addresses are counted by their /64,
+the block one host is given.
+
+Quotas (DIGITGEN_KEY_QUOTA): requests per client (the API key, else the
+address) per UTC day; past it a 429 `quota_exceeded` whose Retry-After is
+the end of the day. A request is counted against every limit that applies
+(the wrong-key throttle, the rate, the quota) all or nothing: one refused by
+its rate uses none of its quota.
+
+Who the client is: app/proxies.py; the limits across replicas: app/limits_store.py.
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import hmac
-import ipaddress
 import math
 import threading
 import time
 
 from .errors import Problem
+from .limits_store import KEY_PREFIX, SharedLimits
+from .proxies import Network, TrustedProxies, address_bucket
 
 AUTH_FAILURE_BURST = 10       # wrong keys an address may present before it is throttled
 AUTH_FAILURE_RATE = 1 / 60    # then one more a minute
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+QUOTA_WINDOW_S = 86_400       # DIGITGEN_KEY_QUOTA counts requests per UTC day
 
 
 class TokenBuckets:
     """rate tokens a second, at most `burst` saved up, one bucket per client."""
 
-    def __init__(self, rate: float, burst: int, clock=time.monotonic, max_clients: int = 10_000):
+    def __init__(self, rate: float, burst: int, clock=time.monotonic, max_clients: int = 10_000, name: str = "rate"):
         self.rate, self.burst, self.clock, self.max_clients = rate, burst, clock, max_clients
+        self.name, self.spec = name, ("b", rate, burst)  # the store's key prefix, and its script's arguments
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
         self._lock = threading.Lock()
 
@@ -76,124 +72,135 @@ class TokenBuckets:
             return (1 - tokens) / self.rate
 
 
-class TrustedProxies:
-    """The client's address: the peer's, or, from a trusted proxy, the right-most untrusted hop."""
+class Windows:
+    """At most `limit` requests a client in each window of `period` s of the
+    wall clock (UTC days for 86,400), counted in this process."""
 
-    def __init__(self, networks: tuple[Network, ...] = ()):
-        self.networks = tuple(networks)
-        self.trusts = functools.lru_cache(maxsize=4096)(self._trusts)
+    def __init__(self, limit: int, period: float = QUOTA_WINDOW_S, clock=time.time, max_clients: int = 100_000,
+                 name: str = "quota"):
+        self.limit, self.period, self.clock, self.max_clients = limit, period, clock, max_clients
+        self.name, self.spec = name, ("w", limit, period)
+        self._used: dict[str, tuple[int, int]] = {}  # client -> (window, requests in it)
+        self._lock = threading.Lock()
 
-    def __bool__(self) -> bool:
-        return bool(self.networks)
+    def take(self, client: str) -> float:
+        """0 if the client may go now (counted), else the seconds until its window ends."""
+        return self._take(client, take=True)
 
-    def _trusts(self, host: str) -> bool:
-        ip = parse_ip(host)
-        return ip is not None and any(ip.version == n.version and ip in n for n in self.networks)
+    def wait(self, client: str) -> float:
+        return self._take(client, take=False)
 
-    def client_of(self, peer: tuple[str, int] | None, headers) -> tuple[str, int] | None:
-        """(host, port) of the client, the peer unless it is a trusted proxy that says otherwise."""
-        if not self.networks or not peer or not self.trusts(peer[0]):
-            return peer
-        hops = forwarded_hops(headers)
-        if not hops:
-            return peer
-        nearest = peer  # the trusted hop that wrote the entry being read
-        for entry in reversed(hops):
-            host, port = split_host_port(entry)
-            ip = parse_ip(host)
-            if ip is None:  # unknown, obfuscated or malformed: the proxy that wrote it is what we know
-                return nearest
-            if not self.trusts(host):
-                return str(ip), port
-            nearest = (str(ip), port)
-        return nearest  # every hop a trusted proxy: the left-most one is the client
-
-
-def forwarded_hops(headers) -> list[str]:
-    """The hops X-Forwarded-For lists (every such header, in order), else Forwarded's `for=` values."""
-    xff = [v for k, v in headers if k == b"x-forwarded-for"]
-    if xff:
-        return [h.strip() for h in b",".join(xff).decode("latin-1").split(",")]
-    forwarded = [v for k, v in headers if k == b"forwarded"]
-    hops = []
-    for element in b",".join(forwarded).decode("latin-1").split(","):
-        value = ""
-        for pair in element.split(";"):
-            name, _, v = pair.partition("=")
-            if name.strip().lower() == "for":
-                value = v.strip().strip('"')
-        hops.append(value)
-    return hops if forwarded else []
+    def _take(self, client: str, take: bool) -> float:
+        now = self.clock()
+        window = math.floor(now / self.period)
+        with self._lock:
+            seen, used = self._used.get(client, (window, 0))
+            used = used if seen == window else 0
+            if used >= self.limit:
+                return (window + 1) * self.period - now
+            if take:
+                self._used[client] = (window, used + 1)
+                if len(self._used) > self.max_clients:  # past windows first, then the first counted
+                    stale = [k for k, (w, _) in self._used.items() if w != window] or list(self._used)
+                    for key in stale[:max(1, len(self._used) // 2)]:
+                        del self._used[key]
+            return 0.0
 
 
-def split_host_port(entry: str) -> tuple[str, int]:
-    """`1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]`, `[::1]:80` -> (host, port or 0)."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-    else:
-        host, port = entry, ""
-    return host, int(port) if port.isdigit() and len(port) <= 5 else 0
+Limiter = TokenBuckets | Windows
+Check = tuple[Limiter, str, int]  # (limit, client, cost): cost 0 asks only that there be room
 
 
-def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address, IPv4-mapped IPv6 as the IPv4 it is; None if `host` is not one."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return ip.ipv4_mapped or ip if ip.version == 6 else ip
-
-
-def address_bucket(host: str) -> str:
-    """The bucket an address's failed authentications count in: an IPv6 address's /64."""
-    ip = parse_ip(host)
-    if ip is not None and ip.version == 6:
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return host
+def take_all(checks: list[Check]) -> tuple[int, float]:
+    """Every limit has room for the client: each takes its cost, (-1, 0).
+    Else nothing is taken: (the first without room, the seconds until it has)."""
+    if len(checks) == 1:
+        limiter, client, cost = checks[0]
+        return (-1, 0.0) if (wait := (limiter.take if cost else limiter.wait)(client)) <= 0 else (0, wait)
+    for i, (limiter, client, _) in enumerate(checks):
+        if (wait := limiter.wait(client)) > 0:
+            return i, wait
+    for limiter, client, cost in checks:
+        if cost:
+            limiter.take(client)
+    return -1, 0.0
 
 
 class Gate:
-    """API keys, failed-key throttling and the per-client rate (all off unless configured)."""
+    """API keys, failed-key throttling, the per-client rate and quota (all off
+    unless configured); in the shared store when there is one."""
 
     def __init__(self, api_keys: tuple[str, ...] = (), rate: float = 0.0, burst: int = 1,
-                 trusted_proxies: tuple[Network, ...] = (), clock=time.monotonic):
+                 trusted_proxies: tuple[Network, ...] = (), clock=time.monotonic, *, quota: int = 0,
+                 store: SharedLimits | None = None, wall_clock=time.time):
         self.api_keys = tuple(k.encode() for k in api_keys)
+        # a key as the limits name it: hashed, so the store never holds a key
+        self.key_ids = {k: "key:" + hashlib.sha256(k).hexdigest()[:32] for k in self.api_keys}
         self.buckets = TokenBuckets(rate, max(1, burst), clock) if rate > 0 else None
-        self.failures = TokenBuckets(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST, clock) if api_keys else None
+        self.quota = Windows(quota, QUOTA_WINDOW_S, wall_clock) if quota > 0 else None
+        self.failures = TokenBuckets(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST, clock, name="fail") if api_keys else None
         self.proxies = TrustedProxies(trusted_proxies)
-        self.on = bool(self.api_keys or self.buckets)  # whether refusal() has anything to check
+        self.store = store
+        self.on = bool(self.api_keys or self.buckets or self.quota)  # whether refusal() has anything to check
 
     def refusal(self, client: str, authorization: str | None) -> Problem | None:
-        """The 401 or 429 for a request to a guarded path from `client` (its address), else None."""
-        key = None
+        """The 401 or 429 for a request to a guarded path from `client` (its
+        address), else None; by this process's limits."""
+        ok, checks = self._plan(client, authorization)
+        return self._answer(ok, checks, take_all(checks)) if checks else ok
+
+    async def check(self, client: str, authorization: str | None) -> Problem | None:
+        """refusal(), by the shared store's limits while it answers."""
+        ok, checks = self._plan(client, authorization)
+        if not checks:
+            return ok
+        taken = None
+        if self.store is not None:
+            taken = await self.store.apply(checks, [KEY_PREFIX + f"{limiter.name}:{who}" for limiter, who, _ in checks])
+            if taken is None:
+                self.store.on_local()
+        return self._answer(ok, checks, take_all(checks) if taken is None else taken)
+
+    def _plan(self, client: str, authorization: str | None) -> tuple[Problem | None, list[Check]]:
+        """(the answer when every limit has room, the limits this request is counted against)."""
+        checks: list[Check] = []
+        ok, who = None, "ip:" + client
         if self.api_keys:
             if authorization is None:
                 return Problem(401, "unauthorized", "an API key is required: send Authorization: Bearer <key>",
-                               headers={"www-authenticate": 'Bearer realm="digitgen"'})
+                               headers={"www-authenticate": 'Bearer realm="digitgen"'}), checks
             address = address_bucket(client)
-            wait = self.failures.wait(address)
-            if wait > 0:
-                return Problem(429, "rate_limited",
-                               f"too many wrong API keys from this address: at most {AUTH_FAILURE_BURST}, then one "
-                               f"every {1 / AUTH_FAILURE_RATE:g} s; retry in {math.ceil(wait)} s",
-                               retry_after=math.ceil(wait))
             key = self.key_of(authorization)
-            if key is None:
-                self.failures.take(address)
+            if key is None:  # counted against the address; past its allowance a 429 whatever the key
                 return Problem(401, "unauthorized", "this API key is not one of the server's: send "
                                                     "Authorization: Bearer <key>",
-                               headers={"www-authenticate": 'Bearer realm="digitgen", error="invalid_token"'})
+                               headers={"www-authenticate": 'Bearer realm="digitgen", error="invalid_token"'}), \
+                    [(self.failures, address, 1)]
+            checks.append((self.failures, address, 0))  # a right key costs nothing, but is throttled too
+            who = self.key_ids[key]
         if self.buckets is not None:
-            wait = self.buckets.take("key:" + key.decode("latin-1") if key else "ip:" + client)
-            if wait > 0:
-                return Problem(429, "rate_limited",
-                               f"too many requests from this client: at most {self.buckets.rate:g} a second "
-                               f"(bursts of {self.buckets.burst}); retry in {math.ceil(wait)} s",
-                               retry_after=math.ceil(wait))
-        return None
+            checks.append((self.buckets, who, 1))
+        if self.quota is not None:
+            checks.append((self.quota, who, 1))
+        return ok, checks
+
+    def _answer(self, ok: Problem | None, checks: list[Check], taken: tuple[int, float]) -> Problem | None:
+        first, wait = taken
+        if first < 0:
+            return ok
+        limiter, retry = checks[first][0], math.ceil(wait)
+        if limiter is self.failures:
+            return Problem(429, "rate_limited",
+                           f"too many wrong API keys from this address: at most {AUTH_FAILURE_BURST}, then one "
+                           f"every {1 / AUTH_FAILURE_RATE:g} s; retry in {retry} s", retry_after=retry)
+        if limiter is self.quota:
+            return Problem(429, "quota_exceeded",
+                           f"this {'API key' if self.api_keys else 'client'} has made its {self.quota.limit} "
+                           f"requests of the day (DIGITGEN_KEY_QUOTA; days are UTC); retry in {retry} s",
+                           retry_after=retry)
+        return Problem(429, "rate_limited",
+                       f"too many requests from this client: at most {self.buckets.rate:g} a second "
+                       f"(bursts of {self.buckets.burst}); retry in {retry} s", retry_after=retry)
 
     def key_of(self, authorization: str) -> bytes | None:
         """The request's API key when it is one of the server's, else None."""

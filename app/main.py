@@ -283,7 +283,8 @@ def create_app(settings: Settings | None = None, *,
     app.add_middleware(Edge, metrics=app.state.metrics, routes=_route_methods(app),
                        allowed_hosts=limits.allowed_host_list, cors_origins=limits.cors_origin_list,
                        api_keys=keys, rate=limits.rate_limit, burst=limits.rate_burst,
-                       trusted_proxies=limits.trusted_proxy_list,
+                       trusted_proxies=limits.trusted_proxy_list, quota=limits.key_quota,
+                       redis=limits.redis_address, redis_timeout_s=limits.redis_timeout_s,
                        max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
     _access_log_to_stderr()
     return app

@@ -157,6 +157,16 @@ class ServiceMetrics:
                                  "Trajectories that left the batch unfinished, by reason.", ("reason",))
         self.rejected = Counter(r, "digitgen_requests_rejected_total",
                                 "Requests turned away before generation, by reason.", ("reason",))
+        self.limits_store_up_fn: Callable[[], float] = lambda: 0
+        Gauge(r, "digitgen_limits_store_up", "1 while the shared limits store (DIGITGEN_REDIS_URL) answers; 0 while "
+              "each replica counts its own limits instead (or no store is configured).",
+              lambda: self.limits_store_up_fn())
+        self.limits_fallbacks = Counter(r, "digitgen_limits_store_fallbacks_total",
+                                        "Times the shared limits store was found down, slow or failing, and the "
+                                        "per-process limits took over.")
+        self.limits_local = Counter(r, "digitgen_limits_local_decisions_total",
+                                    "Requests whose limits were decided by this process while a shared store is "
+                                    "configured (it was down or slow).")
         self._recent: deque[tuple[float, int]] = deque()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

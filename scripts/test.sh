@@ -13,12 +13,14 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -c requirements-test.lock -e '.[test]'
 
 # Real parts from Debian: a headless browser for tests/test_page.py (never
-# Playwright's own download) and the load balancer for tests/test_load_balancer.py.
+# Playwright's own download), the load balancer for tests/test_load_balancer.py
+# and Redis for tests/test_shared_limits.py (each test starts its own redis-server).
 missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing$missing (apt-get) for the browser and load-balancer tests ..."
+  echo "installing$missing (apt-get) for the browser, load-balancer and shared-limits tests ..."
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 

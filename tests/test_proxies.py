@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.config import ConfigError, Settings
-from app.gate import TrustedProxies, forwarded_hops
+from app.proxies import TrustedProxies, forwarded_hops
 from conftest import ROOT, Server, free_port, service_command, service_env
 
 ONCE = dict(rate_limit=0.01, rate_burst=1)  # one request now, the next in 100 s: counts, not durations

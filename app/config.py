@@ -9,7 +9,7 @@ malformed, stops start-up with one line that names the variable.
     DIGITGEN_MAX_QUEUE      images that may wait for a batch slot (default 256)
     DIGITGEN_DEADLINE_S     per-request deadline in seconds, queueing included (default 120)
     DIGITGEN_GRACEFUL_S     seconds `serve` lets open requests finish on shutdown (default 10)
-    DIGITGEN_THREADS        engine threads (default 0: the CPU count, at most 8)
+    DIGITGEN_THREADS        engine threads (default 0: the CPUs it may use, cgroup quota included; at most 8)
     DIGITGEN_MAX_REQUEST_ROWS UNet rows one request may cost (images x steps x rows a step); more is a 422
                             (default 8192: one base digit is 40)
     DIGITGEN_MAX_BACKLOG_ROWS UNet rows admitted and not yet run, past which new requests get 503 (default 32768)

@@ -39,9 +39,38 @@ _rt = _Runtime()
 _local = threading.local()
 
 
+def cpus_available(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: the ones it may run on, and no more than
+    its cgroup's CPU quota (`docker run --cpus 2`, a Kubernetes CPU limit),
+    which os.cpu_count() ignores: on a 16-core host it said 16."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    for path, read in ((f"{cgroup}/cpu.max", _quota_v2), (f"{cgroup}/cpu/cpu.cfs_quota_us", _quota_v1)):
+        try:
+            quota = read(path)
+        except (OSError, ValueError):
+            continue
+        if quota is not None:
+            return max(1, min(n, math.ceil(quota)))
+    return max(1, n)
+
+
+def _quota_v2(path: str) -> float | None:
+    limit, period = open(path).read().split()[:2]   # "max 100000" when unlimited
+    return None if limit == "max" else int(limit) / int(period)
+
+
+def _quota_v1(path: str) -> float | None:
+    limit = int(open(path).read())
+    period = int(open(path.replace("cfs_quota_us", "cfs_period_us")).read())
+    return None if limit <= 0 else limit / period
+
+
 def default_threads() -> int:
-    """DIGITGEN_THREADS, else the CPU count, at most MAX_THREADS."""
-    return max(1, min(MAX_THREADS, int(os.environ.get("DIGITGEN_THREADS", 0) or os.cpu_count() or 1)))
+    """DIGITGEN_THREADS, else the CPUs available (cpus_available), at most MAX_THREADS."""
+    return max(1, min(MAX_THREADS, int(os.environ.get("DIGITGEN_THREADS", 0) or cpus_available())))
 
 
 def configure(threads: int | None = None) -> int:

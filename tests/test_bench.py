@@ -1,8 +1,11 @@
 """The benchmarks still run and write their JSON (smoke runs on a tiny
 config; no timing is asserted: speed targets live in the benchmarks)."""
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT, TINY_UNET
 
@@ -113,3 +116,17 @@ def test_explore_bench_smoke_times_a_grid_and_a_morph(tiny_weights, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 4 and all(r["median_s"] > 0 for r in rows.values())
     assert all(r["neighbour_digit_p50_s"] for name, r in rows.items() if ", 1 other" in name), rows
+
+
+@pytest.mark.browser
+def test_page_bench_smoke_times_the_first_frame_on_a_phone(tiny_weights, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("no chromium binary on PATH")
+    out = tmp_path / "page.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "page.py"), "--weights", str(tiny_weights),
+                           "--rounds", "1", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    median = json.loads(out.read_text())["median"]
+    assert 0 < median["first_frame_ms"] <= median["first_step_ms"] <= median["run_ms"]
+    assert median["first_frame_in_view"] is True

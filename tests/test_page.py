@@ -7,6 +7,7 @@ import base64
 import io
 import os
 import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -458,3 +459,26 @@ def test_api_docs_render_with_the_network_blocked(browser, server, path, rendere
     assert page.locator(rendered).count() >= 5  # the operations are there
     assert outside == []
     page.close()
+
+
+def _luminance(hex_colour: str) -> float:
+    r, g, b = (int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_text_colours_meet_wcag_aa_contrast_on_their_backgrounds():
+    """WCAG 2's contrast ratio, (L1 + 0.05) / (L2 + 0.05), of every text colour
+    of the page's palette on the backgrounds it is used on: at least 4.5."""
+    import re
+
+    css = (Path(__file__).resolve().parents[1] / "app" / "static" / "style.css").read_text()
+    var = dict(re.findall(r"--([a-z0-9-]+):\s*(#[0-9a-fA-F]{6})", css))
+    pairs = [("text", "bg"), ("text", "card"), ("muted", "bg"), ("muted", "card"), ("bad", "card"),
+             ("accent", "bg"), ("accent", "card")]
+    for fg, bg in pairs:
+        hi, lo = sorted((_luminance(var[fg]), _luminance(var[bg])), reverse=True)
+        assert (hi + 0.05) / (lo + 0.05) >= 4.5, (fg, bg)
+    # a primary button's dark text on the accent colour
+    hi, lo = sorted((_luminance(var["accent"]), _luminance("#0b0d12")), reverse=True)
+    assert (hi + 0.05) / (lo + 0.05) >= 4.5 and "color: #0b0d12" in css

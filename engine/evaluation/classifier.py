@@ -6,6 +6,13 @@ and do generated digits' penultimate features sit where real digits' do
     python -m engine.evaluation.classifier train --data ../shared/data/mnist.npz --out weights/classifier
     python -m engine.evaluation.classifier test  --data ../shared/data/mnist.npz --weights weights/classifier
 
+A second judge, differently built and trained (another seed, other widths,
+rotation and scaling on top of the shifts), so that a generator is never
+tuned to one network's feature space (weights/classifier-b/README.md):
+
+    python -m engine.evaluation.classifier train --data ../shared/data/mnist.npz --out weights/classifier-b \
+        --channels 12,24,48,24 --feature-dim 96 --norm-num-groups 4 --seed 1 --epochs 2 --max-rotate 12 --max-scale 0.1
+
 Architecture (channels-last activations, as everywhere in the engine; every
 conv is 3x3 with padding 1):
 
@@ -87,6 +94,45 @@ def random_shift(images: np.ndarray, rng: np.random.Generator, max_shift: int = 
     return padded[np.arange(N)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
+def affine_warp(images: np.ndarray, theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Rotate each uint8 (N, 28, 28) image by theta[i] radians (counter-
+    clockwise as displayed, row 0 at the top) and scale it by scale[i]
+    about the image centre, bilinear, zero outside; rounded back to uint8."""
+    N = len(images)
+    c = 13.5
+    yy, xx = np.meshgrid(np.arange(28) - c, np.arange(28) - c, indexing="ij")        # output pixel, centred
+    cos = (np.cos(theta) / scale)[:, None, None]
+    sin = (np.sin(theta) / scale)[:, None, None]
+    # inverse map: the source of output pixel (y, x) (rows grow downwards,
+    # so a displayed counter-clockwise turn is clockwise in (row, col))
+    sy = cos * yy + sin * xx + c
+    sx = -sin * yy + cos * xx + c
+    padded = np.zeros((N, 30, 30), np.float64)                                          # one zero pixel all round
+    padded[:, 1:29, 1:29] = images
+    y0, x0 = np.floor(sy), np.floor(sx)
+    wy, wx = sy - y0, sx - x0
+    n = np.arange(N)[:, None, None]
+
+    def at(y, x):  # padded coordinates; anything outside lands on the zero border
+        return padded[n, np.clip(y.astype(np.int64) + 1, 0, 29), np.clip(x.astype(np.int64) + 1, 0, 29)]
+
+    out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
+           + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def random_affine(images: np.ndarray, rng: np.random.Generator, max_rotate: float = 0.0,
+                  max_scale: float = 0.0) -> np.ndarray:
+    """Rotate by up to +-max_rotate degrees and scale by a factor in
+    [1 - max_scale, 1 + max_scale], uniformly per image; both 0: unchanged
+    (and no random numbers drawn)."""
+    if max_rotate <= 0 and max_scale <= 0:
+        return images
+    theta = np.deg2rad(rng.uniform(-max_rotate, max_rotate, len(images)))
+    scale = rng.uniform(1 - max_scale, 1 + max_scale, len(images))
+    return affine_warp(images, theta, scale)
+
+
 @dataclass
 class ClassifierTrainConfig:
     epochs: float = 6.0
@@ -95,6 +141,8 @@ class ClassifierTrainConfig:
     warmup: int = 100
     weight_decay: float = 0.05
     max_shift: int = 2
+    max_rotate: float = 0.0  # degrees, uniform in +-this (0: none)
+    max_scale: float = 0.0   # scale factor uniform in [1 - this, 1 + this] (0: none)
     holdout: int = 5000      # last N training images: never trained on (the evaluation's real-vs-real floor)
     seed: int = 0
     log_every: int = 50
@@ -120,7 +168,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: ClassifierTrainConfig,
             perm = np.random.default_rng((cfg.seed, epoch)).permutation(n_train)
         idx = perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
         rng = np.random.default_rng((cfg.seed, 1, step))
-        x = prepare(random_shift(images[idx], rng, cfg.max_shift))
+        x = prepare(random_shift(random_affine(images[idx], rng, cfg.max_rotate, cfg.max_scale), rng, cfg.max_shift))
         model.zero_grad()
         loss, dlogits = cross_entropy(model(x), labels[idx])
         model.backward(dlogits.astype(np.float32))
@@ -146,10 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(ClassifierTrainConfig):
         t.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                        help=f"default: {f.default}")
+    d = ClassifierConfig()
+    t.add_argument("--channels", type=_channels, default=d.channels,
+                   help=f"the four widths c0,c1,c2,c3 (default: {','.join(map(str, d.channels))})")
+    t.add_argument("--feature-dim", type=int, default=d.feature_dim, help=f"default: {d.feature_dim}")
+    t.add_argument("--norm-num-groups", type=int, default=d.norm_num_groups, help=f"default: {d.norm_num_groups}")
     e = sub.add_parser("test", help="test accuracy of saved weights")
     e.add_argument("--data", required=True)
     e.add_argument("--weights", default=str(DEFAULT_FOLDER))
     return p
+
+
+def _channels(text: str) -> tuple:
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def main(argv=None) -> int:
@@ -165,15 +225,17 @@ def main(argv=None) -> int:
             return 0
         cfg = ClassifierTrainConfig(**{f.name: getattr(args, f.name)
                                        for f in dataclasses.fields(ClassifierTrainConfig)})
+        model_config = ClassifierConfig.from_dict({"channels": list(args.channels), "feature_dim": args.feature_dim,
+                                                   "norm_num_groups": args.norm_num_groups})
         x_train, y_train = load_mnist(args.data, "train")
         x_test, y_test = load_mnist(args.data, "test")
-    except (DataError, WeightsError) as e:
+    except (ValueError, WeightsError) as e:  # a bad architecture, DataError (a ValueError)
         print(f"error: {e}", file=sys.stderr)
         return 2
     say(f"training on {len(x_train) - cfg.holdout:,} images ({cfg.holdout:,} held out), "
         f"{cfg.epochs} epochs of batch {cfg.batch_size}")
     try:
-        model, record = train(x_train, y_train, cfg, log=say)
+        model, record = train(x_train, y_train, cfg, model_config, log=say)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

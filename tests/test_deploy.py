@@ -34,6 +34,7 @@ KUBERNETES_VERSION = "1.30.0"
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "kubernetes"                     # kubectl apply -k deploy/kubernetes
 CPU_FALLBACK = DEPLOY / "kubernetes-cpu-fallback"  # kubectl apply -k deploy/kubernetes-cpu-fallback
+LOCAL = DEPLOY / "kubernetes-local"                # kubectl apply -k deploy/kubernetes-local
 APPLIED = ["deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml"]
 NOT_APPLIED = {  # in deploy/kubernetes, deliberately left out of its kustomization.yaml
     "prometheus-adapter-rules.yaml": "configuration of prometheus-adapter, which runs in its own namespace "
@@ -52,7 +53,7 @@ def yaml_files(folder: Path = DEPLOY) -> list[Path]:
 
 def manifests() -> list[Path]:
     """Every file of Kubernetes objects (kustomization.yaml is kustomize's own)."""
-    return [p for p in yaml_files() if p.name != "kustomization.yaml" and p.parent in (BASE, CPU_FALLBACK)]
+    return [p for p in yaml_files() if p.name != "kustomization.yaml" and p.parent in (BASE, CPU_FALLBACK, LOCAL)]
 
 
 def documents() -> list[tuple[str, int, dict]]:
@@ -381,7 +382,7 @@ def test_kustomizations_list_every_manifest():
     assert patches == files == ["hpa-cpu.yaml"], f"the CPU fallback patches with {patches} and holds {files}"
 
 
-@pytest.mark.parametrize("folder", [BASE, CPU_FALLBACK], ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", [BASE, CPU_FALLBACK, LOCAL], ids=lambda p: p.name)
 def test_what_kustomize_renders_validates(folder):
     """The real build, where kubectl is installed (it needs no cluster)."""
     if not shutil.which("kubectl"):
@@ -390,7 +391,8 @@ def test_what_kustomize_renders_validates(folder):
     assert proc.returncode == 0, f"kubectl kustomize {folder.relative_to(ROOT)} fails:\n{proc.stderr[-2000:]}"
     rendered = [d for d in yaml.safe_load_all(proc.stdout) if d]
     kinds = sorted(d["kind"] for d in rendered)
-    assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"], kinds
+    assert kinds == sorted(["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+                           + (["Ingress"] if folder == LOCAL else [])), kinds
     for doc in rendered:
         assert_valid(doc, f"kubectl kustomize {folder.relative_to(ROOT)}: {doc['kind']}/{doc['metadata']['name']}")
     hpa = next(d for d in rendered if d["kind"] == "HorizontalPodAutoscaler")
@@ -433,3 +435,33 @@ def test_the_haproxy_config_is_valid_as_haproxy_checks_it(tmp_path, extra):
     r = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True,
                        env={**os.environ, "DIGITGEN_LB_BIND": "127.0.0.1:8000"})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- the small-cluster overlay (deploy/kubernetes-local) --------------------------------
+def test_the_local_overlay_fits_a_small_node_and_streams_through_its_ingress(deployment, container):
+    import ipaddress
+
+    overlay = load(LOCAL / "kustomization.yaml")[0]
+    assert overlay["resources"] == ["../kubernetes", "ingress.yaml"]
+    ops = yaml.safe_load(overlay["patches"][0]["patch"])
+    assert overlay["patches"][0]["target"] == {"kind": "Deployment", "name": deployment["metadata"]["name"]}
+    by_path = {op["path"]: op for op in ops}
+    base = "/spec/template/spec/containers/0"
+    # the paths it replaces exist in the base (a JSON patch on a missing path fails only at apply time)
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["cpu"]
+    assert by_path[base + "/resources/requests/cpu"]["value"] == by_path[base + "/resources/limits/cpu"]["value"] == "1"
+    # 1 CPU a pod, 2 pods and the rolling update's third on a 4-CPU laptop's node: 3 CPUs requested
+    replicas, surge = deployment["spec"]["replicas"], deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    assert (replicas + surge) * cpu(by_path[base + "/resources/requests/cpu"]["value"]) <= 3
+    trusted = by_path[base + "/env/-"]["value"]
+    assert trusted["name"] == "DIGITGEN_TRUSTED_PROXIES" and trusted["name"] in settings_variables()
+    assert ipaddress.ip_network(trusted["value"]).is_private
+    Settings.from_env({"DIGITGEN_TRUSTED_PROXIES": trusted["value"]})
+    ingress = one("ingress.yaml", "Ingress", LOCAL)
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"   # SSE frame by frame
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 120   # a long run's stream
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = one("service.yaml", "Service")
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in [p["name"] for p in service["spec"]["ports"]]

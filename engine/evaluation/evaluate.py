@@ -497,13 +497,14 @@ def format_feature_spaces(r: dict) -> list[str]:
         fr, kid, pr, rc = fs["frechet"], fs["kid_x1000"], fs["precision"], fs["recall"]
         acc = r.get("feature_classifiers", {}).get(name, {}).get("test_accuracy")
         k = fs["k"]
+        kid_gen = f"{kid['generated']:.1f} ± {kid['generated_std']:.1f}"
+        kid_floor = f"{kid['floor']:.1f} ± {kid['floor_std']:.1f}"
         lines += [
             f"feature space {name} ({fs['feature_dim']}-d{f', test accuracy {acc:.4f}' if acc else ''}), "
             f"against the reference sample:",
             f"  {'':30}{'generated':>15}{'real floor':>15}",
             f"  {'Fréchet distance':30}{fr['generated']:>15.3f}{fr['floor']:>15.3f}   ratio {fr['ratio']:.2f}",
-            f"  {'KID x1000 (std over subsets)':30}{kid['generated']:>8.2f} ±{kid['generated_std']:5.2f}"
-            f"{kid['floor']:>8.2f} ±{kid['floor_std']:5.2f}",
+            f"  {'KID x1000 (± std, subsets)':30}{kid_gen:>15}{kid_floor:>17}",
             f"  {f'precision (k={k})':30}{pr['generated']:>15.3f}{pr['floor']:>15.3f}",
             f"  {f'recall (k={k})':30}{rc['generated']:>15.3f}{rc['floor']:>15.3f}",
             "",

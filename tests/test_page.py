@@ -314,6 +314,13 @@ def test_a_png_picked_or_dropped_starts_the_pad(browser, server, tmp_path):
     lit = page.evaluate("""() => { const c = document.querySelector('#pad');
       const d = c.getContext('2d').getImageData(140, 140, 1, 1).data; return d[0]; }""")
     assert lit == 255   # the middle of the 1 is on the pad
+    # dropped on the pad, as a file dragged from the desktop arrives
+    page.click("#pad-clear")
+    page.evaluate("""b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+      const dt = new DataTransfer(); dt.items.add(new File([bytes], 'one.png', {type: 'image/png'}));
+      document.querySelector('#pad-wrap').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true})); }""",
+                  base64.b64encode(path.read_bytes()).decode())
+    page.wait_for_function("() => document.querySelector('#pad').dataset.strokes === '1'")
     page.click("#draw-go")
     page.wait_for_function(DONE, timeout=60000)
     w.check()

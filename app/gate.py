@@ -39,7 +39,22 @@ AUTH_FAILURE_RATE = 1 / 60    # then one more a minute
 QUOTA_WINDOW_S = 86_400       # DIGITGEN_KEY_QUOTA counts requests per UTC day
 
 
-class TokenBuckets:
+class _Limit:
+    """A per-client limit of this process: take() counts a request, wait() asks."""
+
+    def take(self, client: str) -> float:
+        """0 if the client may go now (the request is counted), else the seconds until it may."""
+        return self._take(client, take=True)
+
+    def wait(self, client: str) -> float:
+        """What take() would answer, counting nothing."""
+        return self._take(client, take=False)
+
+    def _take(self, client: str, take: bool) -> float:
+        raise NotImplementedError
+
+
+class TokenBuckets(_Limit):
     """rate tokens a second, at most `burst` saved up, one bucket per client."""
 
     def __init__(self, rate: float, burst: int, clock=time.monotonic, max_clients: int = 10_000, name: str = "rate"):
@@ -47,14 +62,6 @@ class TokenBuckets:
         self.name, self.spec = name, ("b", rate, burst)  # the store's key prefix, and its script's arguments
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
         self._lock = threading.Lock()
-
-    def take(self, client: str) -> float:
-        """0 if the client may go now (a token is taken), else the seconds until it may."""
-        return self._take(client, take=True)
-
-    def wait(self, client: str) -> float:
-        """What take() would answer, taking nothing."""
-        return self._take(client, take=False)
 
     def _take(self, client: str, take: bool) -> float:
         now = self.clock()
@@ -72,7 +79,7 @@ class TokenBuckets:
             return (1 - tokens) / self.rate
 
 
-class Windows:
+class Windows(_Limit):
     """At most `limit` requests a client in each window of `period` s of the
     wall clock (UTC days for 86,400), counted in this process."""
 
@@ -82,13 +89,6 @@ class Windows:
         self.name, self.spec = name, ("w", limit, period)
         self._used: dict[str, tuple[int, int]] = {}  # client -> (window, requests in it)
         self._lock = threading.Lock()
-
-    def take(self, client: str) -> float:
-        """0 if the client may go now (counted), else the seconds until its window ends."""
-        return self._take(client, take=True)
-
-    def wait(self, client: str) -> float:
-        return self._take(client, take=False)
 
     def _take(self, client: str, take: bool) -> float:
         now = self.clock()

@@ -124,10 +124,7 @@ class Edge:
             await send(message)
 
         try:
-            if self.gate.store is None:
-                problem = self.refusal(scope, headers, origin)
-            else:
-                problem = await self.shared_refusal(scope, headers, origin)
+            problem = await self.refusal(scope, headers, origin)
             if problem is None and scope["method"] == "OPTIONS":
                 problem = await self._options(send_with_headers, scope, headers, cors)
                 if problem is None:
@@ -158,22 +155,12 @@ class Edge:
         return lifespan_receive
 
     # -- the checks, in order -------------------------------------------------------
-    def refusal(self, scope, headers, origin: str | None) -> Problem | None:
-        """The Problem to answer before anything runs, else None."""
+    async def refusal(self, scope, headers, origin: str | None) -> Problem | None:
+        """The Problem to answer before anything runs, else None (the gate's
+        limits in the shared store when there is one, else this process's)."""
         problem = self._before_gate(scope, headers, origin)
         if problem is not None or scope["method"] == "OPTIONS":
             return problem  # a preflight carries no key; the request it asks about will
-        if self.gate.on and not self._open_path(scope["path"]):
-            problem = self.gate.refusal((scope.get("client") or ("?",))[0], _header(headers, b"authorization"))
-            if problem is not None:
-                return problem
-        return self._after_gate(scope, headers)
-
-    async def shared_refusal(self, scope, headers, origin: str | None) -> Problem | None:
-        """refusal(), with the gate's limits in the shared store."""
-        problem = self._before_gate(scope, headers, origin)
-        if problem is not None or scope["method"] == "OPTIONS":
-            return problem
         if self.gate.on and not self._open_path(scope["path"]):
             problem = await self.gate.check((scope.get("client") or ("?",))[0], _header(headers, b"authorization"))
             if problem is not None:

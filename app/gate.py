@@ -150,7 +150,7 @@ class Gate:
         return self._answer(ok, checks, take_all(checks)) if checks else ok
 
     async def check(self, client: str, authorization: str | None) -> Problem | None:
-        """refusal(), by the shared store's limits while it answers."""
+        """refusal(), by the shared store's limits while it answers (without a store, this process's)."""
         ok, checks = self._plan(client, authorization)
         if not checks:
             return ok

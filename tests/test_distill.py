@@ -215,6 +215,22 @@ def test_a_second_run_starts_from_the_first_student(setup, tmp_path, capsys):
     assert "not a consistency student" in capsys.readouterr().err
 
 
+def test_a_resumed_run_does_not_need_its_init_folder(setup, tmp_path):
+    """The checkpoint holds the weights: moving --init's folder away after
+    the start (a candidate renamed, a run dir cleaned) must not strand the run."""
+    import shutil
+    assert main(args(setup, tmp_path / "first", "--steps", "2")) == 0
+    init = tmp_path / "init"
+    shutil.copytree(tmp_path / "first" / "pipeline", init)
+    assert main(args(setup, tmp_path / "full", "--steps", "4", "--init", str(init))) == 0
+    assert main(args(setup, tmp_path / "split", "--steps", "4", "--stop-after", "2", "--init", str(init))) == 0
+    shutil.rmtree(init)
+    assert main(["--resume", "--out", str(tmp_path / "split"), "--no-progress"]) == 0
+    a, b = checkpoint(tmp_path / "full"), checkpoint(tmp_path / "split")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 # -- the one-step student (engine/training/onestep.py) ----------------------------------
 def onestep_args(d: Path, out: Path, *extra) -> list[str]:
     return ["--teacher", str(d / "teacher"), "--out", str(out), "--pairs", "70", "--batch-size", "8",

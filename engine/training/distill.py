@@ -113,7 +113,7 @@ class Distiller(Trainer):
     """The trainer's loop, checkpoints and export, with a teacher, a target
     network and the consistency loss."""
 
-    def __init__(self, cfg: DistillConfig):
+    def __init__(self, cfg: DistillConfig, resuming: bool = False):
         self.cfg = cfg
         self.out = Path(cfg.out)
         teacher = DigitPipeline.from_pretrained(cfg.teacher)
@@ -135,7 +135,8 @@ class Distiller(Trainer):
         self.student_defaults = SamplingDefaults(scheduler=cfg.sampler, num_inference_steps=cfg.sample_steps,
                                                  guidance_scale=1.0, null_class_label=self.null_label,
                                                  distilled_guidance_scale=self.guidance)
-        state = self._initial_state(teacher.unet)
+        # a resumed run's weights come from its checkpoint: --init's folder may be gone by then
+        state = teacher.unet.state_dict() if resuming else self._initial_state(teacher.unet)
         self.model = UNet2DModel(teacher.unet.config)
         self.model.load_state_dict(state)
         self.model.train()
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
     try:
         cfg, meta, ckpt = runs.run_config(args, DistillConfig, "distill")
         images, labels = runs.training_images(cfg)
-        distiller = Distiller(cfg)
+        distiller = Distiller(cfg, resuming=meta is not None)
     except (runs.RunError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -98,10 +98,10 @@ class OneStepDistiller(Distiller):
     """The distiller's student, optimiser, EMA, checkpoints and export; the
     trajectory-regression step instead of the consistency one."""
 
-    def __init__(self, cfg: OneStepConfig):
+    def __init__(self, cfg: OneStepConfig, resuming: bool = False):
         if cfg.prediction_type == "epsilon":
             raise WeightsError("a one-step student needs prediction_type v_prediction or sample")
-        super().__init__(cfg)
+        super().__init__(cfg, resuming)
         self.teacher_pipe = DigitPipeline.from_pretrained(cfg.teacher)
         self.T = self.scheduler.config["num_train_timesteps"]
         self.pairs = None
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         args.data = ""  # no data set: the teacher's samples are made here
     try:
         cfg, meta, ckpt = runs.run_config(args, OneStepConfig, "distill", require_data=False)
-        distiller = OneStepDistiller(cfg)
+        distiller = OneStepDistiller(cfg, resuming=meta is not None)
     except (runs.RunError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

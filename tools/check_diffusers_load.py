@@ -10,7 +10,8 @@ tuned step count, diffusers' UNet2DModel + that scheduler against
 DigitPipeline, fed the same noise (with the model's tuned timesteps from
 model_index.json where it has them for that step count, as
 `set_timesteps(timesteps=...)`, and for TCD the model's eta, as
-`step(..., eta=...)`).
+`step(..., eta=...)`). An LCM-exported model (the one-step student) is also
+sampled with diffusers' TCDScheduler built from the same config, eta 0.
 """
 import json
 import sys
@@ -47,21 +48,24 @@ def compare_unet(folder: Path) -> bool:
 CONSISTENCY = {"LCMScheduler": (LCMScheduler, lcm_module), "TCDScheduler": (TCDScheduler, tcd_module)}
 
 
-def compare_consistency_sampling(folder: Path, class_name: str) -> bool:
+def compare_consistency_sampling(folder: Path, class_name: str, eta: float | None = None) -> bool:
+    """Seeded samples of diffusers' `class_name` (built from the folder's
+    scheduler config, which may be the sibling's) against the engine's."""
     pipe = DigitPipeline.from_pretrained(folder)
     unet = DiffusersUNet.from_pretrained(folder / "unet").eval()
     cls, module = CONSISTENCY[class_name]
     sched = cls.from_pretrained(folder / "scheduler")
+    name = {"LCMScheduler": "lcm", "TCDScheduler": "tcd"}[class_name]
     ok = True
     for steps in sorted({1, 2, 4, pipe.defaults.num_inference_steps, *map(int, pipe.defaults.timesteps or {})}):
         label, seed = 7, 11
-        ours = pipe.generate([label], [seed], steps=steps)[0]
+        ours = pipe.generate([label], [seed], steps=steps, scheduler=name, eta=eta)[0]
         # the engine's draws, in its order: x_T, then one noise per step but the last
         gen = np.random.default_rng(seed)
         x = gen.standard_normal((1, 1, 28, 28), dtype=np.float32)
         noises = [gen.standard_normal((1, 1, 28, 28), dtype=np.float32) for _ in range(steps - 1)]
         module.randn_tensor = lambda shape, **kw: torch.from_numpy(noises.pop(0))
-        sampling = pipe.resolve(label, steps)
+        sampling = pipe.resolve(label, steps, scheduler=name, eta=eta)
         step_kwargs = sampling.step_arguments   # TCD: the model's eta
         tuned = sampling.timesteps
         sched.set_timesteps(steps) if tuned is None else sched.set_timesteps(timesteps=list(tuned))
@@ -88,6 +92,8 @@ def main() -> int:
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     if sched.get("_class_name") in CONSISTENCY:
         ok &= compare_consistency_sampling(folder, sched["_class_name"])
+        if sched["_class_name"] == "LCMScheduler":  # its TCD sibling, deterministic: what a one-step student refines with
+            ok &= compare_consistency_sampling(folder, "TCDScheduler", eta=0.0)
     return 0 if ok else 1
 
 

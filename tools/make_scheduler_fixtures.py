@@ -538,6 +538,13 @@ def main() -> None:
     rec.img2img("ddpm", "linear", 20, 0.5, "-run", run=True)
     rec.img2img("ddim", "linear", 20, 0.75, "-run", run=True)
 
+    # --- the one-step student (weights/onestep: v-prediction, its LCM export and the TCD
+    # sibling it refines with, eta 0); after everything above, for the same reason
+    onestep = dict(prediction_type="v_prediction", **student)
+    for n in (1, 2, 3):
+        rec.case("lcm", "linear", n, "onestep", **onestep)
+        rec.case("tcd", "linear", n, "onestep-eta0", step_kwargs={"eta": 0.0}, **onestep)
+
     if "--rerecord" not in sys.argv[1:]:
         keep_recorded(rec.arrays)
     OUT.parent.mkdir(parents=True, exist_ok=True)

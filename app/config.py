@@ -41,8 +41,8 @@ malformed, stops start-up with one line that names the variable.
     DIGITGEN_CORS_ORIGINS   comma-separated origins allowed to call the API from a browser (default: none)
     DIGITGEN_ALLOWED_HOSTS  comma-separated names the Host header may carry, or * for any (default: the
                             loopback names when bound to loopback or a named address; * on 0.0.0.0 / ::)
-    DIGITGEN_DEFAULT_MODEL  base or fast: the model a request without `model` gets (default: fast when
-                            WEIGHTS/fast is there, else base)
+    DIGITGEN_DEFAULT_MODEL  base, fast or onestep: the model a request without `model` gets (default: fast
+                            when WEIGHTS/fast is there, else base)
 """
 from __future__ import annotations
 

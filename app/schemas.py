@@ -46,7 +46,8 @@ ALLOWED = {f: _words(f) for f in LIMITS} | {
 
 DOCS = {
     "model": "base: the diffusion model (20 DPM-Solver++ steps with guidance); fast: its consistency-distilled "
-             "student (a few TCD steps, guidance built in). Default: the server's (see /info).",
+             "student (a few TCD steps, guidance built in); onestep: a student trained to draw in one UNet "
+             "evaluation. Default: the server's (see /info).",
     "label": "The digit to draw.",
     "steps": "Denoising steps. Default: the model's (see /info); each sampler's limit is there too.",
     "scheduler": "Sampler: ddpm (stochastic), ddim (deterministic unless eta > 0), dpm (DPM-Solver++, the usual "

@@ -2,8 +2,8 @@
 
 Every in-flight trajectory (own label, timestep, scheduler state and seeded
 noise) joins the next `pipe.step` call of its model, which is one batched
-UNet forward; with two models loaded (base and fast) a step is one forward
-per model. New requests join between steps, finished, cancelled and expired
+UNet forward; with several models loaded (base, fast, onestep) a step is one
+forward per model. New requests join between steps, finished, cancelled and expired
 ones leave, and at most `max_batch` trajectories ride in one forward.
 
 Admission is the worker's, decided once per request (`admit`): by the work

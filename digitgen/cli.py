@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=float, help="default: the model's")
     g.add_argument("--eta", type=float, help="fresh noise a step, for ddim and tcd (default: the model's)")
     g.add_argument("--model", choices=tuple(MODEL_FOLDERS),
-                   help="base (WEIGHTS) or fast (WEIGHTS/fast); default: as the service, fast when it is there")
+                   help="base (WEIGHTS), or fast or onestep (WEIGHTS/NAME); default: as the service's")
     g.add_argument("--size", type=int, help="output pixels per digit (nearest upscale; default 28, as the service)")
     g.add_argument("--image", type=Path, help="image-to-image: a PNG to start from (or, with --mask, to complete)")
     g.add_argument("--strength", type=float, help="image-to-image: 0-1, how much of the schedule runs (default 0.75)")

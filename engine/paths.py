@@ -11,8 +11,8 @@ WEIGHTS = REPO / "weights"                     # the base model (a pipeline fold
 FAST_WEIGHTS = WEIGHTS / "fast"                # the distilled few-step model
 CLASSIFIER = WEIGHTS / "classifier"            # the evaluation's MNIST classifier
 # The models a weights folder can hold, by the name a request gives: the base
-# model is the folder itself, the distilled student a subfolder of it.
-MODEL_FOLDERS = {"base": ".", "fast": "fast"}
+# model is the folder itself, the distilled students subfolders of it.
+MODEL_FOLDERS = {"base": ".", "fast": "fast", "onestep": "onestep"}
 MODEL_CONFIG = Path(__file__).resolve().parent / "configs" / "unet_mnist.json"
 QUICK_MODEL_CONFIG = MODEL_CONFIG.with_name("unet_mnist_quick.json")   # `digitgen train --preset quick`
 DATA = REPO / "data" / "mnist.npz"

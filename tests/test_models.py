@@ -9,7 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import Server, make_tiny_weights, sse_events
+import numpy as np
+
+from conftest import TINY_SCHEDULER, TINY_UNET, Server, make_tiny_weights, sse_events
+from engine import UNet2DModel
+from engine.pipeline import DigitPipeline, SamplingDefaults
 
 
 def test_info_lists_both_models_with_their_own_defaults_and_limits(client):
@@ -103,5 +107,39 @@ def test_fast_is_the_default_when_it_is_there(tiny_weights, tmp_path):
         assert httpx.get(srv.url + "/info").json()["default_model"] == "fast"
         r = httpx.post(srv.url + "/generate", params={"label": 1, "steps": 2})
         assert r.headers["x-model"] == "fast" and r.headers["x-scheduler"] == "tcd"
+    finally:
+        srv.stop()
+
+
+def test_a_onestep_folder_is_served_by_its_own_name_in_one_unet_row(tiny_weights, tmp_path):
+    """weights/onestep (the one-step student: v-prediction, exported for LCM
+    at 1 step) beside base and fast: its own name in /info, the generate
+    API and the OpenAI adapter, and one step (one UNet row) a digit."""
+    import shutil
+
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(2)),
+                  {"_class_name": "LCMScheduler", **TINY_SCHEDULER, "prediction_type": "v_prediction",
+                   "clip_sample": True},
+                  SamplingDefaults(scheduler="lcm", num_inference_steps=1, guidance_scale=1.0,
+                                   distilled_guidance_scale=1.5)).save_pretrained(weights / "onestep")
+    srv = Server(weights, tmp_path / "uvicorn.log", default_model="")
+    try:
+        info = httpx.get(srv.url + "/info").json()
+        assert list(info["models"]) == ["base", "fast", "onestep"] and info["default_model"] == "fast"
+        one = info["models"]["onestep"]
+        assert one["defaults"]["num_inference_steps"] == 1 and one["schedulers"] == ["lcm", "tcd"]
+        steps = srv.metric("digitgen_denoising_steps_total")
+        r = httpx.post(srv.url + "/generate", params={"label": 3, "model": "onestep", "seed": 1})
+        assert r.status_code == 200 and (r.headers["x-model"], r.headers["x-steps"]) == ("onestep", "1")
+        assert srv.metric("digitgen_denoising_steps_total") - steps == 1   # guidance built in: 1 step, 1 row
+        two = httpx.post(srv.url + "/generate", params={"label": 3, "model": "onestep", "seed": 1, "steps": 2,
+                                                        "scheduler": "tcd", "eta": 0})
+        assert two.status_code == 200 and two.headers["x-scheduler"] == "tcd"
+        ids = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
+        assert "digitgen-onestep" in ids
+        img = httpx.post(srv.url + "/v1/images/generations", json={"prompt": "3", "model": "digitgen-onestep"})
+        assert img.status_code == 200, img.text
     finally:
         srv.stop()

@@ -27,7 +27,7 @@ from engine.models.unet_2d import CONFIG_NAME, WEIGHTS_NAME, UNet2DConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-SHIPPED = [ROOT / "weights" / "unet", ROOT / "weights" / "fast" / "unet"]
+SHIPPED = [ROOT / "weights" / "unet", ROOT / "weights" / "fast" / "unet", ROOT / "weights" / "onestep" / "unet"]
 MiB = 1024 * 1024
 
 # The memory bound: loading may grow the peak RSS by twice the model's float32
@@ -103,7 +103,7 @@ def refused(folder: Path, *words: str) -> str:
 
 
 # -- the shipped weights -------------------------------------------------------------
-@pytest.mark.parametrize("folder", SHIPPED, ids=["base", "fast"])
+@pytest.mark.parametrize("folder", SHIPPED, ids=["base", "fast", "onestep"])
 def test_shipped_unet_weights_load_exactly_what_the_file_holds(folder):
     model = UNet2DModel.from_pretrained(folder)
     reference = load_file(str(folder / WEIGHTS_NAME))

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.generation import LIMITS
+from engine.paths import MODEL_FOLDERS
 
 from engine import generation
 from engine.generation import parameters
@@ -34,7 +35,7 @@ router = APIRouter(prefix=OPENAI_PREFIX.rstrip("/"), tags=["openai"])
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 _DIGIT = re.compile(r"\b(?:(\d)|(" + "|".join(WORDS) + r"))\b", re.IGNORECASE)
-MODELS = {"base": "base", "fast": "fast", "digitgen-base": "base", "digitgen-fast": "fast"}
+MODELS = {**{name: name for name in MODEL_FOLDERS}, **{f"digitgen-{name}": name for name in MODEL_FOLDERS}}
 
 
 class ImagesRequest(BaseModel):
@@ -43,8 +44,7 @@ class ImagesRequest(BaseModel):
     n: int = Field(1, ge=LIMITS["n"][0], le=LIMITS["n"][1])
     size: str = Field("28x28", description="Square, 28x28 to 512x512, e.g. 256x256.")
     response_format: Literal["b64_json", "url"] = "b64_json"
-    model: str | None = Field(None, description="base, fast (or digitgen-base, digitgen-fast); default: the "
-                                                "server's default model.")
+    model: str | None = Field(None, description=", ".join(MODELS) + "; default: the server's default model.")
     user: str | None = Field(None, max_length=256)
     # an extension of this server (the OpenAI API has none): the same seed gives the same images
     seed: int | None = Field(None, ge=LIMITS["seed"][0], le=LIMITS["seed"][1])

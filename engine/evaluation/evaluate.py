@@ -580,10 +580,10 @@ def format_mean(r: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="digitgen eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("base", "fast"), default="base",
-                   help="the shipped model to score: base (weights/) or fast (weights/fast/); default base")
+    p.add_argument("--model", choices=tuple(paths.MODEL_FOLDERS), default="base",
+                   help="the shipped model to score: base (weights/), or fast or onestep (weights/NAME/); default base")
     p.add_argument("--weights", type=Path,
-                   help="a pipeline folder instead (default: --model's; base: $DIGITGEN_WEIGHTS if set)")
+                   help="a pipeline folder instead (default: --model's, under $DIGITGEN_WEIGHTS if set)")
     p.add_argument("--classifier", type=Path, help="the judge of accuracy, confidence and the top-level Fréchet "
                                                     "distance (default: weights/classifier)")
     p.add_argument("--features", type=_path_list,
@@ -641,7 +641,7 @@ def main(argv=None) -> int:
               f"x_train/y_train/x_test/y_test, or a folder of IDX files)", file=sys.stderr)
         return 2
     if args.weights is None:
-        args.weights = paths.default_weights() if args.model == "base" else paths.FAST_WEIGHTS
+        args.weights = paths.default_weights() / paths.MODEL_FOLDERS[args.model]
     reports = []
     try:
         pipe = DigitPipeline.from_pretrained(args.weights)

@@ -4,11 +4,14 @@ import {ApiError, stream} from "./api.js";
 
 const $ = (sel) => document.querySelector(sel);
 
-const MODEL_NAMES = {base: "Base model: diffusion (watch it)", fast: "Fast model: distilled student, 3 steps"};
+const MODEL_NAMES = {base: "Base model: diffusion (watch it)", fast: "Fast model: distilled student, 3 steps",
+                     onestep: "One-step model: a digit in one UNet call"};
 const MODEL_WHY = {
   base: "The diffusion model: it removes a little noise each step, so you can watch the digit emerge.",
   fast: "A student distilled from the base model (a consistency model): it jumps to a digit in a few steps, " +
         "with the guidance of its teacher built in. Quick, but there is little to watch.",
+  onestep: "A student trained to draw its teacher's digit from the same noise in ONE step: the whole walk " +
+           "from noise to digit in one UNet call. Nothing to watch; compare it with the base model's 20 steps.",
 };
 const SAMPLER_NAMES = {dpm: "DPM-Solver++", ddim: "DDIM", ddpm: "DDPM", tcd: "TCD", lcm: "LCM"};
 const SAMPLER_WHY = {

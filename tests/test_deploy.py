@@ -35,6 +35,8 @@ DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "kubernetes"                     # kubectl apply -k deploy/kubernetes
 CPU_FALLBACK = DEPLOY / "kubernetes-cpu-fallback"  # kubectl apply -k deploy/kubernetes-cpu-fallback
 LOCAL = DEPLOY / "kubernetes-local"                # kubectl apply -k deploy/kubernetes-local
+PRODUCTION = DEPLOY / "kubernetes-production"      # kubectl apply -k deploy/kubernetes-production
+KEDA = DEPLOY / "kubernetes-keda"                  # kubectl apply -k deploy/kubernetes-keda (a CRD: checked by hand)
 APPLIED = ["deployment.yaml", "service.yaml", "pdb.yaml", "hpa.yaml"]
 NOT_APPLIED = {  # in deploy/kubernetes, deliberately left out of its kustomization.yaml
     "prometheus-adapter-rules.yaml": "configuration of prometheus-adapter, which runs in its own namespace "
@@ -53,7 +55,8 @@ def yaml_files(folder: Path = DEPLOY) -> list[Path]:
 
 def manifests() -> list[Path]:
     """Every file of Kubernetes objects (kustomization.yaml is kustomize's own)."""
-    return [p for p in yaml_files() if p.name != "kustomization.yaml" and p.parent in (BASE, CPU_FALLBACK, LOCAL)]
+    return [p for p in yaml_files() if p.name != "kustomization.yaml"
+            and p.parent in (BASE, CPU_FALLBACK, LOCAL, PRODUCTION)]
 
 
 def documents() -> list[tuple[str, int, dict]]:
@@ -465,3 +468,84 @@ def test_the_local_overlay_fits_a_small_node_and_streams_through_its_ingress(dep
     service = one("service.yaml", "Service")
     assert backend["name"] == service["metadata"]["name"]
     assert backend["port"]["name"] in [p["name"] for p in service["spec"]["ports"]]
+
+
+def json_patches(overlay: dict, kind: str) -> dict[str, dict]:
+    """An overlay's JSON-patch operations on the base's object of this kind, by path."""
+    ops = [op for p in overlay["patches"] if p.get("target", {}).get("kind") == kind
+           for op in yaml.safe_load(p["patch"])]
+    assert ops, f"the overlay patches no {kind}"
+    return {op["path"]: op for op in ops}
+
+
+def test_the_production_overlay_shares_limits_trusts_only_its_ingress_and_spreads_its_pods(deployment):
+    import ipaddress
+
+    overlay = load(PRODUCTION / "kustomization.yaml")[0]
+    assert overlay["resources"] == ["../kubernetes", "ingress.yaml"]
+    ops = json_patches(overlay, "Deployment")
+    added = {op["value"]["name"]: op["value"] for p in overlay["patches"] if p["target"]["kind"] == "Deployment"
+             for op in yaml.safe_load(p["patch"]) if op["path"].endswith("/env/-")}   # several ops share that path
+    assert set(added) <= settings_variables(), sorted(set(added) - settings_variables())
+    assert added["DIGITGEN_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "digitgen-redis", "key": "url"}
+    plain = {n: v["value"] for n, v in added.items() if "value" in v}
+    assert ipaddress.ip_network(plain["DIGITGEN_TRUSTED_PROXIES"]).is_private
+    settings = Settings.from_env(plain | {"DIGITGEN_REDIS_URL": "redis://:secret@redis:6379/0"})
+    assert settings.rate_limit > 0 and settings.key_quota > 0
+    base_env = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not set(added) & base_env, f"the overlay adds what the base sets already: {set(added) & base_env}"
+    spread = ops["/spec/template/spec/topologySpreadConstraints"]["value"]
+    assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(c["labelSelector"]["matchLabels"].items() <= labels.items() for c in spread)
+    # the counts agree: a drain can always evict one pod of the smallest fleet
+    replicas = ops["/spec/replicas"]["value"]
+    hpa = json_patches(overlay, "HorizontalPodAutoscaler")
+    pdb = json_patches(overlay, "PodDisruptionBudget")
+    assert hpa["/spec/minReplicas"]["value"] == replicas
+    assert pdb["/spec/minAvailable"]["value"] < replicas <= hpa["/spec/maxReplicas"]["value"]
+    # the paths it replaces exist in the base (a JSON patch on a missing path fails only at apply time)
+    assert "replicas" in deployment["spec"] and "minAvailable" in one("pdb.yaml", "PodDisruptionBudget")["spec"]
+    ingress = one("ingress.yaml", "Ingress", PRODUCTION)
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 120
+    retry = notes["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
+    # a refusal (503) is retried, POST included; a 504 is not: that request ran to its deadline
+    assert "http_503" in retry and "non_idempotent" in retry and "http_504" not in retry
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-next-upstream-tries"]) >= 2
+    assert ingress["spec"]["tls"][0]["hosts"] == [ingress["spec"]["rules"][0]["host"]]
+
+
+def test_the_keda_overlay_scales_on_the_hpas_gauges_with_its_targets_and_replaces_it():
+    """KEDA's ScaledObject is a custom resource kubernetes-validate has no
+    schema for: its fields are checked here against KEDA's documented ones,
+    and its HPA part (what KEDA copies into the HPA it creates) by building
+    that HPA and validating it strictly."""
+    overlay = load(KEDA / "kustomization.yaml")[0]
+    assert overlay["resources"] == ["../kubernetes", "scaledobject.yaml"]
+    (deleted,) = [yaml.safe_load(p["patch"]) for p in overlay["patches"]]
+    hpa = one("hpa.yaml", "HorizontalPodAutoscaler")
+    assert deleted == {"$patch": "delete", "apiVersion": hpa["apiVersion"], "kind": hpa["kind"],
+                       "metadata": {"name": hpa["metadata"]["name"]}}
+    so = one("scaledobject.yaml", "ScaledObject", KEDA)
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    assert set(spec) <= {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "idleReplicaCount", "minReplicaCount",
+                         "maxReplicaCount", "fallback", "advanced", "triggers", "initialCooldownPeriod"}, sorted(spec)
+    assert spec["scaleTargetRef"] == hpa["spec"]["scaleTargetRef"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior == hpa["spec"]["behavior"], "scaledobject.yaml's behavior drifted from hpa.yaml's"
+    assert_valid({**hpa, "spec": {**hpa["spec"], "behavior": behavior}}, "the HPA KEDA builds")
+    targets = {m["pods"]["metric"]["name"]: m["pods"]["target"]["averageValue"] for m in hpa["spec"]["metrics"]}
+    triggers = {}
+    for trig in spec["triggers"]:
+        assert trig["type"] == "prometheus" and trig.get("metricType") == "AverageValue", trig
+        meta = trig["metadata"]
+        assert all(isinstance(v, str) for v in meta.values()), f"KEDA's metadata is string to string: {meta}"
+        assert {"serverAddress", "query", "threshold"} <= set(meta), meta
+        m = re.fullmatch(r"sum\(([a-z_]+)\{[^}]*\}\)", meta["query"])
+        assert m, f"query {meta['query']!r} is not sum(metric{{...}}), the sum KEDA averages over the pods"
+        triggers[m[1]] = meta["threshold"]
+    assert triggers == targets, f"the triggers {triggers} are not the HPA's targets {targets}"

@@ -141,7 +141,7 @@ class Edge:
             log_access(request_id, scope.get("client"), scope["method"], path, status, start)
             # the route's path, never the raw one: unknown URLs cannot grow the label set
             route = getattr(scope.get("route"), "path", None) or self._route_of(path) or "unmatched"
-            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
+            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start, request_id)
 
     def _store_with_lifespan(self, receive):
         """The app's start-up connects the shared store (in the background), its shutdown closes it."""

@@ -223,7 +223,7 @@ class BatchWorker:
             refused = self._refusal(cost, deadline_s)
             if refused is not None:
                 reason, problem = refused
-                self.metrics.rejected.inc(reason=reason)
+                self.metrics.rejected.labels(reason).inc()
                 return problem
             job = Job(cost, deadline_s, every, self.clock, probs)
             self._jobs.append(job)
@@ -377,7 +377,7 @@ class BatchWorker:
         job.ended = True
         unfinished = sum(not t.done for t in job.trajectories)
         if unfinished:
-            self.metrics.cancelled.inc(unfinished, reason=reason)
+            self.metrics.cancelled.labels(reason).inc(unfinished)
         if event is not None:
             job._post(event)
 

@@ -304,7 +304,7 @@ def test_security_context(pod, container, env):
 
 
 def test_autoscaling_metrics_are_gauges_the_service_exports(env):
-    gauges = {m.name for m in ServiceMetrics().registry.metrics if m.kind == "gauge"}
+    gauges = {m.name for m in ServiceMetrics().registry.collect() if m.type == "gauge"}
     hpa = one("hpa.yaml", "HorizontalPodAutoscaler")
     targets = {m["pods"]["metric"]["name"]: m["pods"]["target"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
     assert targets, f"hpa.yaml scales on no Pods metric: {hpa['spec']['metrics']}"

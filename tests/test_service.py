@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Server, sse_events
 
@@ -242,14 +243,16 @@ def test_metrics_are_prometheus_text(client):
                        ("digitgen_denoising_steps_per_second", "gauge"),
                        ("digitgen_trajectories_cancelled_total", "counter")]:
         assert typed.get(name) == kind, name
-    assert 'digitgen_http_requests_total{route="/generate",method="POST",status="200"}' in r.text
+    # read back as Prometheus reads it (label order is not part of the format)
+    got = {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+           for family in text_string_to_metric_families(r.text) for smp in family.samples}
+    assert got[("digitgen_http_requests_total", (("method", "POST"), ("route", "/generate"), ("status", "200")))] >= 1
     # histogram buckets are cumulative and end in +Inf == _count
-    buckets = [float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
-               if line.startswith('digitgen_http_request_duration_seconds_bucket{route="/generate",')]
-    assert buckets == sorted(buckets)
-    count = [line for line in r.text.splitlines()
-             if line.startswith('digitgen_http_request_duration_seconds_count{route="/generate"}')]
-    assert float(count[0].rsplit(" ", 1)[1]) == buckets[-1]
+    buckets = sorted(((float(dict(labels)["le"]), v) for (name, labels), v in got.items()
+                      if name == "digitgen_http_request_duration_seconds_bucket" and ("route", "/generate") in labels))
+    counts = [v for _, v in buckets]
+    assert buckets[-1][0] == float("inf") and counts == sorted(counts)
+    assert got[("digitgen_http_request_duration_seconds_count", (("route", "/generate"),))] == counts[-1] >= 1
 
 
 def test_openapi_documents_parameters_with_examples(client):

@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 
 from engine.generation import LIMITS
 
 from ..dependencies import ServiceDep
 from ..errors import Problem
-from ..metrics import CONTENT_TYPE
 from ..openapi import SERVICE_ERRORS, errors
 from ..schemas import ALLOWED, Info, ModelInfo
 
@@ -65,9 +64,11 @@ async def readyz(request: Request):
     return {"status": "ready", "models": sorted(svc.pipes)}
 
 
-@router.get("/metrics", tags=["service"], summary="Prometheus metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+@router.get("/metrics", tags=["service"], response_class=PlainTextResponse,
+            summary="Prometheus metrics (OpenMetrics, with exemplars, when Accept asks for it)")
+async def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 # HEAD on the GET endpoints that do no generation (uvicorn sends the headers

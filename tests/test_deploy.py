@@ -426,6 +426,10 @@ def test_compose_runs_replicas_the_settings_accept_behind_the_shared_haproxy_con
     assert lb["environment"]["DIGITGEN_LB_BIND"].endswith(":" + lb["ports"][0].split(":")[1])
     # a replica's stop grace covers the service's graceful period (10 s unless set)
     assert int(app["stop_grace_period"].rstrip("s")) > settings.graceful_s
+    # the limits live in the compose file's own Redis, on the replicas' network
+    redis = settings.redis_address
+    assert redis is not None and redis.host in compose["services"], redis
+    assert compose["services"][redis.host]["networks"] == ["digitgen"]
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")

@@ -1,13 +1,13 @@
 """Service benchmark: digits/s and p50/p95 latency of POST /generate at 1, 4
 and 16 concurrent clients (each model at its own sampling defaults: base 20
-DPM-Solver++ steps with guidance, fast its 3 TCD steps), next to the engine's
+DPM-Solver++ steps with guidance, fast its 3 TCD steps, onestep 1 step), next to the engine's
 own in-process batched sampling at the same batch sizes (`pipe.step` looped
 over N trajectories until done) and its single-digit sampling time. Engine
 and service rounds alternate per level (at 1 client: sample by sample), and
 with several models the models alternate too, so slow drifts of a shared
 machine hit all alike.
 
-    python bench/service.py                                  # base and fast side by side, own server
+    python bench/service.py                                  # every shipped model side by side, own server
     python bench/service.py --model fast                     # one model
     python bench/service.py --weights /tmp/tiny --quick      # smoke run (writes no recorded result)
     python bench/service.py --random-init                    # shipped config, random weights (base only)
@@ -16,8 +16,11 @@ machine hit all alike.
 Prints a table and writes JSON (default bench/results/service.json).
 Targets, per model: service at 16 clients >= 0.8x the engine at batch 16
 and >= 2x the service at 1 client; p95 latency at 1 client <= 1.3x the
-engine's single-digit sampling time. Fast vs base: one digit's p50 <= 1/8,
-digits/s at 16 clients >= 6x.
+engine's single-digit sampling time; for the one-step model (whose digit
+is one UNet row, so HTTP, PNG encoding and queueing weigh most) p50 at 1
+client <= 1.2x the engine's single digit and 16 clients >= 0.9x the engine
+at batch 16 (#28). Fast vs base: one digit's p50 <= 1/8, digits/s at 16
+clients >= 6x; onestep vs base the same, reported.
 """
 from __future__ import annotations
 
@@ -134,7 +137,7 @@ def run(args) -> dict:
         tmp = tempfile.TemporaryDirectory(prefix="digitgen-bench-")
         weights = Path(tmp.name)
         write_random_weights(weights)
-    folders = {"base": weights, "fast": weights / "fast"}
+    folders = paths.model_folders(weights)
     pipes = {m: DigitPipeline.from_pretrained(folders[m]) for m in args.models}  # the bench's own engine
     server = None if args.url else LocalServer(weights, max_batch=max(LEVELS), max_queue=1024, deadline_s=3600,
                                                 default_model="base")
@@ -173,18 +176,22 @@ def run(args) -> dict:
         single_s = by[m, 1]["engine_batch_s"]  # median single-digit sampling time, measured alternately with level 1
         ratios += [
             (f"{m}: service@16 / engine batch 16 throughput",
-             by[m, 16]["service_digits_per_s"] / by[m, 16]["engine_digits_per_s"], ">=", 0.8),
+             by[m, 16]["service_digits_per_s"] / by[m, 16]["engine_digits_per_s"], ">=",
+             0.9 if m == "onestep" else 0.8),
             (f"{m}: service@16 / service@1 throughput",
              by[m, 16]["service_digits_per_s"] / by[m, 1]["service_digits_per_s"], ">=", 2.0),
             (f"{m}: p95 latency@1 / engine single digit", by[m, 1]["service_p95_s"] / single_s, "<=", 1.3),
         ]
-    if {"base", "fast"} <= pipes.keys():
-        ratios += [
-            ("fast / base: one digit's p50 at 1 client", by["fast", 1]["service_p50_s"] / by["base", 1]["service_p50_s"],
-             "<=", 1 / 8),
-            ("fast / base: digits/s at 16 clients",
-             by["fast", 16]["service_digits_per_s"] / by["base", 16]["service_digits_per_s"], ">=", 6.0),
-        ]
+        if m == "onestep":
+            ratios.append((f"{m}: p50 latency@1 / engine single digit", by[m, 1]["service_p50_s"] / single_s, "<=", 1.2))
+    for m in ("fast", "onestep"):
+        if {"base", m} <= pipes.keys():
+            ratios += [
+                (f"{m} / base: one digit's p50 at 1 client", by[m, 1]["service_p50_s"] / by["base", 1]["service_p50_s"],
+                 "<=", 1 / 8),
+                (f"{m} / base: digits/s at 16 clients",
+                 by[m, 16]["service_digits_per_s"] / by["base", 16]["service_digits_per_s"], ">=", 6.0),
+            ]
     return {
         "weights": str(weights) if not args.random_init else "random init of engine/configs/unet_mnist.json",
         "models": {m: {"steps": p.defaults.num_inference_steps, "scheduler": p.defaults.scheduler,
@@ -220,17 +227,17 @@ def print_table(info: dict) -> None:
     print(f"\nweights: {info['weights']} ({models})")
     for m, s in info["engine_single_digit_s"].items():
         print(f"engine single digit, {m}: {s:.3f} s (p95 {info['engine_single_digit_p95_s'][m]:.3f} s: the noise floor)")
-    head = (f"{'model':>5} {'clients':>7} {'service digits/s':>17} {'p50 s':>8} {'p95 s':>8} {'requests':>9} "
+    head = (f"{'model':>7} {'clients':>7} {'service digits/s':>17} {'p50 s':>8} {'p95 s':>8} {'requests':>9} "
             f"{'engine batch digits/s':>22} {'service/engine':>15}")
     print(head)
     print("-" * len(head))
     for r in info["rows"]:
-        print(f"{r['model']:>5} {r['clients']:>7} {r['service_digits_per_s']:>17.2f} {r['service_p50_s']:>8.3f} "
+        print(f"{r['model']:>7} {r['clients']:>7} {r['service_digits_per_s']:>17.2f} {r['service_p50_s']:>8.3f} "
               f"{r['service_p95_s']:>8.3f} {r['service_requests']:>9} {r['engine_digits_per_s']:>22.2f} "
               f"{r['service_digits_per_s'] / r['engine_digits_per_s']:>14.2f}x")
     print()
     for r in info["ratios"]:
-        print(f"{r['metric']:46} {r['value']:6.3f}x  target {r['target']:<7} "
+        print(f"{r['metric']:49} {r['value']:6.3f}x  target {r['target']:<7} "
               f"{'ok' if r['meets_target'] else 'MISS'}")
 
 
@@ -242,9 +249,8 @@ def main(argv=None, prog: str | None = None) -> int:
     p.add_argument("--url", help="benchmark this running server instead of starting one (it must serve --weights)")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per service round")
     p.add_argument("--rounds", type=int, default=2, help="engine/service rounds per level")
-    p.add_argument("--model", default="base,fast",
-                   help="the models to measure, side by side: base, fast or base,fast (default; base alone when "
-                        "WEIGHTS/fast is missing)")
+    p.add_argument("--model", help="the models to measure, side by side, comma-separated: base, fast, onestep "
+                                    "(default: every one the weights folder has)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 s; writes JSON only with --json")
     p.add_argument("--json", help="where to write the result (default: bench/results/service.json, "
                                   "except for --quick)")
@@ -258,16 +264,17 @@ def main(argv=None, prog: str | None = None) -> int:
         print(f"error: weights folder not found: {args.weights} (train first, pass --weights, or use --random-init)",
               file=sys.stderr)
         return 2
-    args.models = [m.strip() for m in args.model.split(",") if m.strip()]
-    if not args.models or not set(args.models) <= {"base", "fast"}:
-        print(f"error: --model takes base, fast or base,fast, not {args.model!r}", file=sys.stderr)
+    present = ["base"] if args.random_init else list(paths.model_folders(Path(args.weights)))
+    args.models = present if args.model is None else [m.strip() for m in args.model.split(",") if m.strip()]
+    if not args.models or not set(args.models) <= set(paths.MODEL_FOLDERS):
+        print(f"error: --model takes {', '.join(paths.MODEL_FOLDERS)} (comma-separated), not {args.model!r}",
+              file=sys.stderr)
         return 2
-    has_fast = not args.random_init and (Path(args.weights) / "fast").is_dir()
-    if "fast" in args.models and not has_fast:
-        if args.model != "base,fast":
-            print(f"error: --model fast needs {Path(args.weights) / 'fast'}", file=sys.stderr)
-            return 2
-        args.models = ["base"]
+    missing = [m for m in args.models if m not in present]
+    if missing:
+        print(f"error: --model {missing[0]} needs {Path(args.weights) / paths.MODEL_FOLDERS[missing[0]]}",
+              file=sys.stderr)
+        return 2
     info = run(args)
     print_table(info)
     if args.json:

@@ -296,7 +296,8 @@ def main(argv=None) -> int:
     print(f"distilling {cfg.teacher} (guidance {distiller.guidance:g}) into a {cfg.sample_steps}-step student on "
           f"{len(images):,} images, step {distiller.step} -> {cfg.steps}, batch {cfg.batch_size}; "
           f"run folder {cfg.out}", file=sys.stderr)
-    distiller.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress)
+    distiller.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress,
+                  tensorboard=args.tensorboard)
     return 0
 
 

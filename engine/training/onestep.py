@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     distiller.prepare(say)
     say(f"one-step student of {cfg.teacher} on {cfg.pairs:,} teacher samples, step {distiller.step} -> {cfg.steps}, "
         f"batch {cfg.batch_size}; run folder {cfg.out}")
-    distiller.fit(None, None, stop_after=args.stop_after, progress=not args.no_progress)
+    distiller.fit(None, None, stop_after=args.stop_after, progress=not args.no_progress, tensorboard=args.tensorboard)
     return 0
 
 

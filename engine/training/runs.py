@@ -15,7 +15,7 @@ from ..io.data import DataError, load_mnist
 CHECKPOINT = "checkpoint.safetensors"
 # a resumed run keeps its settings; only these may change
 RESUMABLE = ("steps", "checkpoint_minutes", "data", "sample_seeds", "sample_every", "log_every")
-RUN_OPTIONS = ("resume", "stop_after", "no_progress", "preset", "watch")
+RUN_OPTIONS = ("resume", "stop_after", "no_progress", "preset", "watch", "tensorboard")
 # what an option means, for the fields whose config does not say (a field's
 # own metadata["help"] wins); the default is added from the dataclass
 FIELD_HELP = {
@@ -63,6 +63,9 @@ def build_parser(prog: str, description: str, config_cls, presets: dict | None =
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--stop-after", type=int, default=0, help="stop (with a checkpoint) after N steps in this run")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write the logged scalars for TensorBoard to OUT/tensorboard/ "
+                        "(tensorboard --logdir OUT/tensorboard)")
     return p
 
 

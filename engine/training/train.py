@@ -36,6 +36,7 @@ from ..nn.layers import Dropout
 from ..pipeline import DigitPipeline, SamplingDefaults
 from ..schedulers import DDPMScheduler
 from . import runs
+from .tensorboard import EventWriter
 from .optim import EMA, AdamW, clip_grad_norm, lr_at
 from .runs import CHECKPOINT
 
@@ -252,10 +253,12 @@ class Trainer:
         if grid_path:
             log(f"samples at step {self.step}: {grid_path}")
 
-    def fit(self, images: np.ndarray, labels: np.ndarray, stop_after: int = 0, progress: bool = True) -> None:
+    def fit(self, images: np.ndarray, labels: np.ndarray, stop_after: int = 0, progress: bool = True,
+            tensorboard: bool = False) -> None:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         log_file = open(self.out / "log.jsonl", "a")
+        board = EventWriter(self.out / "tensorboard") if tensorboard else None
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress(progress, initial=self.step, total=cfg.steps)
         say = bar.write if bar else (lambda m: print(m, file=sys.stderr))
@@ -272,8 +275,11 @@ class Trainer:
                     now = time.perf_counter()
                     stats["img_per_s"] = n_window / max(now - t_window, 1e-9)
                     t_window, n_window = now, 0
-                    log_file.write(json.dumps({"step": self.step, **stats, "time": time.time()}) + "\n")
+                    wall = time.time()
+                    log_file.write(json.dumps({"step": self.step, **stats, "time": wall}) + "\n")
                     log_file.flush()
+                    if board is not None:
+                        board.scalars(self.step, stats, wall)
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.live_sample()
                     log_file.write(json.dumps({"step": self.step, "sample": "samples/latest.png",
@@ -294,6 +300,8 @@ class Trainer:
             if bar:
                 bar.close()
             log_file.close()
+            if board is not None:
+                board.close()
             for s, h in old.items():
                 signal.signal(s, h)
 
@@ -352,7 +360,8 @@ def main(argv=None) -> int:
         watcher = WatchServer(Path(cfg.out), args.watch, total_steps=cfg.steps, batch_size=cfg.batch_size)
         print(f"watch it: {watcher.url}", file=sys.stderr, flush=True)
     try:
-        trainer.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress)
+        trainer.fit(images, labels, stop_after=args.stop_after, progress=not args.no_progress,
+                    tensorboard=args.tensorboard)
     finally:
         if watcher is not None:
             watcher.close()

@@ -214,6 +214,17 @@ def read_images(given: Given) -> tuple[np.ndarray | None, np.ndarray | None]:
     return out["image"], out["mask_image"]
 
 
+SAMPLING_FIELDS = ("model", "label", "steps", "scheduler", "guidance_scale", "eta", "seed", "size", "strength",
+                   "jump_length", "jump_n_sample", "seed_b", "label_b", "alpha")
+
+
+def sampling_arguments(p, **overrides) -> dict:
+    """generation.resolve's keyword arguments from a request model: every
+    sampling field it has (a morph has no image fields), then `overrides`.
+    The one place a new sampling field is passed on."""
+    return {name: getattr(p, name, None) for name in SAMPLING_FIELDS} | overrides
+
+
 def resolve(svc: Service, given: Given, every: int = 0) -> Generation:
     """The one resolution of a request against the loaded models."""
     p = given.params
@@ -223,11 +234,9 @@ def resolve(svc: Service, given: Given, every: int = 0) -> Generation:
         raise given.issue("probs", "this server has no classifier (weights/classifier) to read the digit with")
     try:
         return generation.resolve(
-            svc.pipes, svc.default_model, model=p.model, label=p.label, steps=p.steps, scheduler=p.scheduler,
-            guidance_scale=p.guidance_scale, eta=p.eta, seed=p.seed, n=getattr(p, "n", None), size=p.size,
+            svc.pipes, svc.default_model, **sampling_arguments(p), n=getattr(p, "n", None),
             format=getattr(p, "format", None), frames=getattr(p, "frames", None), every=every, image=image,
-            mask=mask, strength=p.strength, jump_length=p.jump_length, jump_n_sample=p.jump_n_sample, probs=probs,
-            seed_b=p.seed_b, label_b=p.label_b, alpha=p.alpha, max_rows=svc.settings.max_request_rows)
+            mask=mask, probs=probs, max_rows=svc.settings.max_request_rows)
     except InvalidParameter as e:
         missing = e.field == "label" and p.label is None
         raise given.issue(e.field, str(e), "missing" if missing else "value_error") from None

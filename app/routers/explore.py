@@ -19,7 +19,8 @@ from engine.io.images import ImageError, grid, gif_bytes, labelled_grid, png_byt
 from engine.pipeline import InvalidParameter
 
 from .. import render
-from ..dependencies import Given, body_params, given_params, read_images, service, validation_problem
+from ..dependencies import (Given, body_params, given_params, read_images, sampling_arguments, service,
+                            validation_problem)
 from ..errors import Problem, problem_response
 from ..openapi import GENERATION_ERRORS, errors, query_parameters
 from ..schemas import GRID_CELLS, GenerateQuery, GridBody, MorphBody, MorphQuery
@@ -100,10 +101,8 @@ async def morph_frames(request: Request) -> tuple[list[Generation], MorphQuery]:
     gens = []
     for k in range(p.n):
         try:
-            gens.append(generation.resolve(
-                svc.pipes, svc.default_model, model=p.model, label=p.label, steps=p.steps, scheduler=p.scheduler,
-                guidance_scale=p.guidance_scale, eta=p.eta, seed=seed, size=p.size, seed_b=seed_b, label_b=label_b,
-                alpha=k / (p.n - 1)))
+            gens.append(generation.resolve(svc.pipes, svc.default_model, **sampling_arguments(
+                p, seed=seed, seed_b=seed_b, label_b=label_b, alpha=k / (p.n - 1))))
         except InvalidParameter as e:
             raise given.issue(e.field, str(e), "missing" if e.field == "label" and p.label is None else "value_error")
     _check_cost(svc, gens, "n", given)
@@ -203,10 +202,9 @@ async def grid_cells(request: Request) -> tuple[list[Generation], GridBody, list
             except ValidationError as e:
                 raise validation_problem(e, ("body", "cell")) from None
             try:
-                cells.append(generation.resolve(
-                    svc.pipes, svc.default_model, model=p.model, label=p.label, steps=p.steps, scheduler=p.scheduler,
-                    guidance_scale=p.guidance_scale, eta=p.eta, seed=p.seed, size=p.size, image=image, mask=mask,
-                    strength=p.strength, jump_length=p.jump_length, jump_n_sample=p.jump_n_sample))
+                cells.append(generation.resolve(svc.pipes, svc.default_model,
+                                                **sampling_arguments(p, seed_b=None, label_b=None, alpha=None),
+                                                image=image, mask=mask))
             except InvalidParameter as e:
                 where = g.x.param if e.field == g.x.param else (g.y.param if g.y and e.field == g.y.param else e.field)
                 raise Problem.invalid_field("body", where, f"{_label(g.x.param, xv)}"

@@ -132,3 +132,50 @@ def test_checkpoint_has_no_pickle(data, tmp_path):
 
 if os.name != "posix":  # pragma: no cover
     pytestmark = pytest.mark.skip("signals")
+
+
+def test_init_starts_from_an_earlier_model_and_resumes_without_its_folder(data, tmp_path, capsys):
+    import shutil
+
+    from engine.pipeline import DigitPipeline
+    assert main(args(data, tmp_path / "first", "--steps", "3")) == 0
+    init = tmp_path / "init"
+    shutil.copytree(tmp_path / "first" / "pipeline", init)
+    start = DigitPipeline.from_pretrained(init).unet.state_dict()
+    # step 0 of the second run is the first run's exported (EMA) weights, in the model and in its EMA
+    from engine.training.train import Trainer, TrainConfig, init_weights
+    cfg = TrainConfig(data="", init=str(init))
+    trainer = Trainer(cfg, *init_weights(cfg))
+    for state in (trainer.model.state_dict(), trainer.ema.state_dict()):
+        for k in start:
+            np.testing.assert_array_equal(state[k], start[k], err_msg=k)
+    # a run from it resumes exactly, even once the folder is gone
+    assert main(args(data, tmp_path / "full", "--steps", "4", "--init", str(init))) == 0
+    assert main(args(data, tmp_path / "split", "--steps", "4", "--stop-after", "2", "--init", str(init))) == 0
+    shutil.rmtree(init)
+    assert main(["--resume", "--out", str(tmp_path / "split"), "--no-progress"]) == 0
+    assert_same_checkpoint(checkpoint(tmp_path / "full"), checkpoint(tmp_path / "split"))
+    # a model of another noise schedule is refused, naming both
+    assert main(args(data, tmp_path / "bad", "--steps", "1", "--init", str(tmp_path / "first" / "pipeline"),
+                     "--beta-schedule", "squaredcos_cap_v2")) == 2
+    err = capsys.readouterr().err
+    assert "squaredcos_cap_v2" in err and "linear" in err
+
+
+def test_min_snr_weights_are_the_papers_and_zero_means_plain_mse(data, tmp_path):
+    from engine.training.train import Trainer, TrainConfig
+    plain = Trainer(TrainConfig(data=""), TINY)
+    assert plain.loss_weights(np.array([0, 500, 999])) is None
+    eps = Trainer(TrainConfig(data="", snr_gamma=5.0), TINY)
+    v = Trainer(TrainConfig(data="", snr_gamma=5.0, prediction_type="v_prediction"), TINY)
+    t = np.array([0, 100, 300, 999])
+    abar = np.asarray(eps.scheduler.alphas_cumprod, np.float64)[t]
+    snr = abar / (1 - abar)
+    np.testing.assert_allclose(eps.loss_weights(t), np.minimum(snr, 5) / snr, rtol=1e-6)
+    np.testing.assert_allclose(v.loss_weights(t), np.minimum(snr, 5) / (snr + 1), rtol=1e-6)
+    w = eps.loss_weights(t)
+    assert w[0] < 0.01 and w[-1] == 1.0    # the nearly clean step counts little, the noisiest fully
+    # the weighted run trains (its loss is finite and falls) and its log records the weighted loss
+    assert main(args(data, tmp_path / "snr", "--steps", "40", "--snr-gamma", "5")) == 0
+    losses = [r["loss"] for r in log(tmp_path / "snr")]
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-10:]) < np.mean(losses[:10])

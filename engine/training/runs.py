@@ -38,6 +38,10 @@ FIELD_HELP = {
     "limit": "train on the first N images only (0: all of them)",
     "guidance_scale": "the exported model's default guidance (distill: the teacher's guidance, < 0: its default)",
     "original_inference_steps": "the distillation grid: T / this many evenly spaced timesteps",
+    "init": "start from this pipeline folder's UNet (e.g. weights: the shipped model), its config and weights, "
+            "instead of random ones; the EMA starts there too",
+    "snr_gamma": "min-SNR-gamma loss weighting (Hang et al. 2023): a sample's error times min(SNR_t, gamma) / SNR_t; "
+                 "0: plain MSE (5 is the paper's choice)",
     "timestep_scaling": "LCM's boundary-condition scaling of t (c_skip, c_out)",
 }
 

@@ -65,6 +65,8 @@ class TrainConfig:
     log_every: int = 10
     limit: int = 0                 # use only the first N training images (0: all); for tests
     guidance_scale: float = 1.5    # the sampling default the exported model ships with (the shipped model's)
+    init: str = ""                 # start from this pipeline folder's UNet (its config and weights)
+    snr_gamma: float = 0.0         # min-SNR-gamma loss weighting; 0: plain MSE
 
 
 # Presets: defaults a run starts from; options given on the command line win.
@@ -80,10 +82,12 @@ LIVE_SAMPLE_STEPS = 10   # DPM-Solver++ steps of the live grid: a tenth of a che
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, model_config: dict):
+    def __init__(self, cfg: TrainConfig, model_config: dict, init_state: dict | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.model = UNet2DModel(UNet2DConfig.from_dict(model_config), rng=np.random.default_rng(cfg.seed))
+        if init_state is not None:   # --init: an earlier model's weights (the EMA starts there too)
+            self.model.load_state_dict(init_state)
         self.model.train()
         self.null_label = self.model.config.null_class_label
         self.scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
@@ -94,6 +98,22 @@ class Trainer:
         self.step = 0
         self._perm_epoch, self._perm = -1, None
         self._stop_signal = None
+        self._snr = None
+        if cfg.snr_gamma > 0:   # SNR_t = abar_t / (1 - abar_t), per training timestep
+            abar = np.asarray(self.scheduler.alphas_cumprod, np.float64)
+            self._snr = abar / (1 - abar)
+
+    def loss_weights(self, t: np.ndarray) -> np.ndarray | None:
+        """Min-SNR-gamma (Hang et al., ICCV 2023): a sample's squared error
+        times min(SNR_t, gamma) / SNR_t for an epsilon target (/(SNR_t + 1)
+        for v), so that the nearly clean timesteps, whose many easy gradients
+        pull against the noisy ones', weigh no more than SNR gamma allows.
+        None: every sample weighs 1 (plain MSE)."""
+        if self._snr is None:
+            return None
+        snr = self._snr[t]
+        den = snr if self.cfg.prediction_type == "epsilon" else snr + 1
+        return (np.minimum(snr, self.cfg.snr_gamma) / den).astype(np.float32)
 
     # -- data order and per-step randomness: pure functions of (seed, step) --
     def batch_indices(self, n: int) -> np.ndarray:
@@ -120,8 +140,14 @@ class Trainer:
         self.model.zero_grad()
         out = self.model(x_t, t, y)
         diff = out - target
-        loss = float(np.mean(diff * diff))
-        self.model.backward(diff * np.float32(2.0 / diff.size))
+        w = self.loss_weights(t)
+        if w is None:
+            loss = float(np.mean(diff * diff))
+            self.model.backward(diff * np.float32(2.0 / diff.size))
+        else:
+            w = w.reshape(-1, 1, 1, 1)
+            loss = float(np.mean(w * diff * diff))
+            self.model.backward(diff * (w * np.float32(2.0 / diff.size)))
         grad_norm = clip_grad_norm(self.params, cfg.grad_clip)
         self.opt.lr = lr_at(self.step, cfg.lr, cfg.warmup, cfg.steps)
         self.opt.step()
@@ -330,13 +356,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def init_weights(cfg: TrainConfig) -> tuple[dict, dict]:
+    """--init: the UNet config and weights of a pipeline folder, which must
+    have been trained on the noise schedule this run uses."""
+    try:
+        start = DigitPipeline.from_pretrained(cfg.init)
+    except WeightsError as e:
+        raise runs.RunError(f"--init {cfg.init}: {e}") from None
+    theirs = start.sampler_configs["ddpm"]
+    ours = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         prediction_type=cfg.prediction_type).settings
+    if (theirs.schedule, theirs.prediction_type) != (ours.schedule, ours.prediction_type):
+        raise runs.RunError(f"--init {cfg.init} was trained on {theirs.schedule} predicting {theirs.prediction_type}, "
+                            f"this run uses {ours.schedule} predicting {ours.prediction_type}")
+    config = {k: v for k, v in start.unet.config.to_dict().items() if not k.startswith("_")}
+    return config, start.unet.state_dict()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     runtime.configure()  # the engine's threads; nothing starts at import
     try:
         cfg, meta, ckpt = runs.run_config(args, TrainConfig, "train")
-        if meta is not None:
+        init_state = None
+        if meta is not None:   # resumed: the weights come from the checkpoint (--init's folder may be gone)
             model_config = json.loads(meta["model_config"])
+        elif cfg.init:
+            model_config, init_state = init_weights(cfg)
         else:
             try:
                 model_config = read_json(Path(cfg.model_config), "model config")
@@ -348,7 +394,7 @@ def main(argv=None) -> int:
     except runs.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer = Trainer(cfg, model_config)
+    trainer = Trainer(cfg, model_config, init_state)
     if meta is not None:
         trainer.load_checkpoint(ckpt)
     print(f"training {trainer.model.num_parameters():,} parameters on {len(images):,} images, "

@@ -1,6 +1,7 @@
 """The benchmarks still run and write their JSON (smoke runs on a tiny
 config; no timing is asserted: speed targets live in the benchmarks)."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -130,3 +131,21 @@ def test_page_bench_smoke_times_the_first_frame_on_a_phone(tiny_weights, tmp_pat
     median = json.loads(out.read_text())["median"]
     assert 0 < median["first_frame_ms"] <= median["first_step_ms"] <= median["run_ms"]
     assert median["first_frame_in_view"] is True
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None and not os.access("/usr/sbin/haproxy", os.X_OK),
+                    reason="haproxy is not installed (apt-get install haproxy; scripts/test.sh does it)")
+def test_cluster_bench_smoke_retries_refusals_and_drains_without_loss(tiny_weights, tmp_path):
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster.py"), "--weights", str(tiny_weights),
+                           "--seconds", "1.5", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {"1 replica, no balancer", "1 replica behind HAProxy", "2 replicas behind HAProxy",
+            "3 replicas behind HAProxy"} <= rows.keys()
+    failover = rows["failover: 3 replicas, the first holding 1 request, 16 clients"]
+    assert failover["refused_by_replicas"] >= 1 and failover["not_ok"] == {}, failover   # every refusal retried
+    drain = rows["drain: SIGTERM to 1 of 3 replicas under 16 clients"]
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: -15 is a clean drain too
+    assert drain["sigterm_at_s"] is not None and drain["drained_replica_exit"] in (0, -15) and drain["not_ok"] == {}, \
+        drain

@@ -4,10 +4,15 @@ core count that os.cpu_count() reports."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from engine.nn import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cgroup(tmp_path, v2: str | None = None, v1: tuple[int, int] | None = None):
@@ -48,3 +53,19 @@ def test_default_threads_take_the_quota_and_digitgen_threads_wins(tmp_path, sixt
     monkeypatch.setattr(runtime, "cpus_available", lambda: 64)
     monkeypatch.delenv("DIGITGEN_THREADS")
     assert runtime.default_threads() == runtime.MAX_THREADS
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_configure_makes_blas_single_threaded_at_one_engine_thread_too(threads):
+    """A process of its own: BLAS's thread count is process-wide. Before
+    configure() OpenBLAS runs a thread per core it sees; after it, one, so
+    that DIGITGEN_THREADS=1 (a replica beside others) uses one core."""
+    code = ("from engine.nn import runtime, blas; before = blas.blas_threads(); "
+            f"runtime.configure({threads}); print(before, blas.blas_threads(), runtime.threads())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS_NUM", "OMP_NUM"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, after, engine = out.stdout.split()
+    if before == "None":
+        pytest.skip("NumPy's BLAS here is not OpenBLAS")
+    assert (int(after), int(engine)) == (1, threads)

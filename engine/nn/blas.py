@@ -25,19 +25,36 @@ def _candidates():
     yield None  # symbols already loaded into the process
 
 
-def set_blas_threads(n: int) -> bool:
-    """Set OpenBLAS's thread count; False if no OpenBLAS entry point was found."""
+def _entry(suffix: str):
+    """OpenBLAS's `..._{suffix}` function (set_num_threads, get_num_threads), or None."""
     for path in _candidates():
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
         for name in _SYMBOLS:
-            fn = getattr(lib, name, None)
+            fn = getattr(lib, name.replace("set_num_threads", suffix), None)
             if fn is not None:
-                fn(ctypes.c_int(n))
-                return True
-    return False
+                return fn
+    return None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count; False if no OpenBLAS entry point was found."""
+    fn = _entry("set_num_threads")
+    if fn is None:
+        return False
+    fn(ctypes.c_int(n))
+    return True
+
+
+def blas_threads() -> int | None:
+    """OpenBLAS's thread count now (None: not OpenBLAS)."""
+    fn = _entry("get_num_threads")
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_int
+    return int(fn())
 
 
 def blas_fingerprint() -> str:

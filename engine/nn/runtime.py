@@ -33,6 +33,7 @@ MAX_THREADS = 8
 class _Runtime:
     threads = 1
     pool: ThreadPoolExecutor | None = None
+    configured = False   # configure() has run (until then BLAS is left as found)
 
 
 _rt = _Runtime()
@@ -74,15 +75,19 @@ def default_threads() -> int:
 
 
 def configure(threads: int | None = None) -> int:
-    """Run the engine on `threads` threads (None: default_threads()); with
-    more than one, BLAS is made single-threaded. Returns the thread count."""
+    """Run the engine on `threads` threads (None: default_threads()), and
+    BLAS single-threaded. Returns the thread count."""
     n = default_threads() if threads is None else max(1, min(MAX_THREADS, int(threads)))
-    if n == _rt.threads and (n == 1 or _rt.pool is not None):
+    if _rt.configured and n == _rt.threads and (n == 1 or _rt.pool is not None):
         return n
+    _rt.configured = True
     old, _rt.pool = _rt.pool, (ThreadPoolExecutor(n - 1, thread_name_prefix="digitgen") if n > 1 else None)
     _rt.threads = n
-    if n > 1:
-        set_blas_threads(1)
+    # at one engine thread too: OpenBLAS would otherwise start a thread per core it
+    # sees (the host's, not a container's share), and replicas side by side, each
+    # told to use one core, spun each other's threads down (measured: 2 replicas
+    # behind HAProxy 11 digits/s where 1 alone made 46)
+    set_blas_threads(1)
     if old is not None:
         old.shutdown(wait=True)
     return n

@@ -44,6 +44,9 @@ CASES = {
     "fast": ({"label": 5, "seed": 42, "model": "fast"}, None),
     "fast-grid": ({"label": 7, "seed": 3, "model": "fast", "steps": 2, "n": 2, "size": 56}, None),
     "fast-lcm": ({"label": 5, "seed": 42, "model": "fast", "scheduler": "lcm"}, None),
+    # the one-step model (weights/onestep), recorded when it was first served (2026-12-04)
+    "onestep": ({"label": 5, "seed": 42, "model": "onestep"}, None),
+    "onestep-tcd2": ({"label": 7, "seed": 3, "model": "onestep", "steps": 2, "scheduler": "tcd", "n": 2}, None),
 }
 RECORDED = Path(__file__).parent / "fixtures" / "seeded_sha256.json"
 RECORDED_PNGS = Path(__file__).parent / "fixtures" / "seeded"

@@ -50,6 +50,17 @@ def make_tiny_weights(folder: Path, fast: bool = True) -> Path:
     return folder
 
 
+def add_tiny_onestep(folder: Path) -> Path:
+    """Beside make_tiny_weights' models, in onestep/ a tiny stand-in for the
+    one-step student (random weights, its real export: v-prediction, LCM at 1 step)."""
+    DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(2)),
+                  {"_class_name": "LCMScheduler", **TINY_SCHEDULER, "prediction_type": "v_prediction",
+                   "clip_sample": True},
+                  SamplingDefaults(scheduler="lcm", num_inference_steps=1, guidance_scale=1.0,
+                                   distilled_guidance_scale=1.5, eta=0.0)).save_pretrained(folder / "onestep")
+    return folder
+
+
 def write_bar_digits(path: Path, n: int = 64) -> Path:
     """n synthetic 'digits' as an MNIST .npz: class k is a bright bar at row 2 + 2k on faint noise."""
     rng = np.random.default_rng(0)

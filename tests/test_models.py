@@ -9,11 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-import numpy as np
-
-from conftest import TINY_SCHEDULER, TINY_UNET, Server, make_tiny_weights, sse_events
-from engine import UNet2DModel
-from engine.pipeline import DigitPipeline, SamplingDefaults
+from conftest import Server, add_tiny_onestep, make_tiny_weights, sse_events
 
 
 def test_info_lists_both_models_with_their_own_defaults_and_limits(client):
@@ -119,11 +115,7 @@ def test_a_onestep_folder_is_served_by_its_own_name_in_one_unet_row(tiny_weights
 
     weights = tmp_path / "w"
     shutil.copytree(tiny_weights, weights)
-    DigitPipeline(UNet2DModel(**TINY_UNET, rng=np.random.default_rng(2)),
-                  {"_class_name": "LCMScheduler", **TINY_SCHEDULER, "prediction_type": "v_prediction",
-                   "clip_sample": True},
-                  SamplingDefaults(scheduler="lcm", num_inference_steps=1, guidance_scale=1.0,
-                                   distilled_guidance_scale=1.5)).save_pretrained(weights / "onestep")
+    add_tiny_onestep(weights)
     srv = Server(weights, tmp_path / "uvicorn.log", default_model="")
     try:
         info = httpx.get(srv.url + "/info").json()
@@ -135,7 +127,7 @@ def test_a_onestep_folder_is_served_by_its_own_name_in_one_unet_row(tiny_weights
         assert r.status_code == 200 and (r.headers["x-model"], r.headers["x-steps"]) == ("onestep", "1")
         assert srv.metric("digitgen_denoising_steps_total") - steps == 1   # guidance built in: 1 step, 1 row
         two = httpx.post(srv.url + "/generate", params={"label": 3, "model": "onestep", "seed": 1, "steps": 2,
-                                                        "scheduler": "tcd", "eta": 0})
+                                                        "scheduler": "tcd"})   # its eta: 0
         assert two.status_code == 200 and two.headers["x-scheduler"] == "tcd"
         ids = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
         assert "digitgen-onestep" in ids

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import Server, sse_events
+from conftest import Server, add_tiny_onestep, sse_events
 from engine.io.images import png_parameters, read_digit
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -161,6 +161,29 @@ def test_the_fast_model_is_one_click_away_and_says_what_it_is(browser, server):
     page.select_option("#model", "base")
     assert page.input_value("#steps") == "20" and not page.is_disabled("#guidance")
     w.check()
+
+
+@pytest.mark.browser
+def test_the_one_step_model_is_listed_when_served_and_says_what_it_is(browser, tiny_weights, tmp_path):
+    import shutil
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    srv = Server(add_tiny_onestep(weights), tmp_path / "onestep.log")
+    try:
+        w = Watched(browser, srv.url + "/")
+        page = w.page
+        page.wait_for_function("() => document.querySelector('#model').options.length === 3")
+        names = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
+        assert any("One-step model" in n for n in names), names
+        page.select_option("#model", "onestep")
+        assert page.input_value("#steps") == "1"
+        assert "ONE step" in page.inner_text("#model-why")
+        page.click("#go")
+        page.wait_for_function(DONE, timeout=30000)
+        assert "onestep" in page.inner_text("#result-meta") and "1 step" in page.inner_text("#result-meta")
+        w.check()
+    finally:
+        srv.stop()
 
 
 OUTSIDE = """() => { const W = document.documentElement.clientWidth; const out = [];

@@ -28,8 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,7 @@ import httpx  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
-from bench.server import free_port  # noqa: E402
+from bench.server import closed_loop, free_port  # noqa: E402
 from cluster import LoadBalancer, haproxy_binary, wait_ready  # noqa: E402
 from engine import paths  # noqa: E402
 
@@ -95,36 +93,11 @@ class Replicas:
 
 def load(url: str, model: str, clients: int, seconds: float, during=None) -> dict:
     """`clients` threads POST back to back for `seconds`; `during(elapsed)`
-    is called from the main thread once a second."""
-    codes, latencies, lock = [], [], threading.Lock()
-    stop_at = time.perf_counter() + seconds
-
-    def client(k: int):
-        with httpx.Client(base_url=url, timeout=600) as c:
-            i = 0
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                try:
-                    code = c.post("/generate", params={"model": model, "label": (k + i) % 10,
-                                                       "seed": 1000 * k + i}).status_code
-                except httpx.TransportError:
-                    code = 0
-                with lock:
-                    codes.append(code)
-                    if code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                i += 1
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        time.sleep(1.0)
-        if during is not None:
-            during(time.perf_counter() - t0)
-    wall = time.perf_counter() - t0
-    ok = sum(c == 200 for c in codes)
+    is called once a second."""
+    results, wall = closed_loop(url, model, clients, seconds, tick=during)
+    codes = [code for code, _, _ in results]
+    latencies = [dt for code, dt, _ in results if code == 200]
+    ok = len(latencies)
     return {"requests": len(codes), "ok": ok, "not_ok": {str(c): codes.count(c) for c in set(codes) if c != 200},
             "digits_per_s": ok / wall, "p50_s": float(np.percentile(latencies, 50)) if latencies else None,
             "p95_s": float(np.percentile(latencies, 95)) if latencies else None}

@@ -67,3 +67,43 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         return self.proc.wait()
+
+
+def closed_loop(url: str, model: str, clients: int, seconds: float, seed0: int = 0,
+                tick=None) -> tuple[list[tuple[int, float, str]], float]:
+    """`clients` threads each POST /generate back to back for `seconds`
+    (requests still running then are waited for): ([(status, seconds,
+    body if not 200)], wall seconds). Status 0: the connection failed.
+    `tick(elapsed)` is called from the calling thread about once a second."""
+    import threading
+
+    results: list[tuple[int, float, str]] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def client(k: int):
+        with httpx.Client(base_url=url, timeout=600) as c:
+            i = 0
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    r = c.post("/generate", params={"model": model, "label": (k + i) % 10,
+                                                    "seed": seed0 + 1000 * k + i})
+                    code, text = r.status_code, ("" if r.status_code == 200 else r.text)
+                except httpx.TransportError as e:
+                    code, text = 0, str(e)
+                with lock:
+                    results.append((code, time.perf_counter() - t0, text))
+                i += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    if tick is not None:
+        while any(t.is_alive() for t in threads):
+            time.sleep(1.0)
+            tick(time.perf_counter() - t0)
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - t0

@@ -30,7 +30,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.report import write_json  # noqa: E402
-from bench.server import LocalServer  # noqa: E402
+from bench.server import LocalServer, closed_loop  # noqa: E402
 from engine import paths  # noqa: E402
 from engine.nn import runtime  # noqa: E402
 from engine.pipeline import DigitPipeline  # noqa: E402
@@ -63,33 +62,12 @@ def engine_batch_seconds(pipe: DigitPipeline, batch: int) -> float:
 
 def service_round(url: str, model: str, clients: int, seconds: float, seed0: int) -> dict:
     """`clients` threads POST back to back for `seconds`; requests still
-    running then are waited for and counted."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
-
-    def client(k: int):
-        with httpx.Client(base_url=url, timeout=600) as c:
-            i = 0
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                r = c.post("/generate", params={"model": model, "label": (k + i) % 10, "seed": seed0 + 1000 * k + i})
-                dt = time.perf_counter() - t0
-                with lock:
-                    (latencies.append(dt) if r.status_code == 200 else errors.append(f"{r.status_code} {r.text}"))
-                i += 1
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    running then are waited for and counted. Every one must succeed."""
+    results, wall = closed_loop(url, model, clients, seconds, seed0)
+    errors = [f"{code} {text}" for code, _, text in results if code != 200]
     if errors:
         raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0][:300]}")
-    return {"digits": len(latencies), "wall_s": wall, "latencies": latencies}
+    return {"digits": len(results), "wall_s": wall, "latencies": [dt for _, dt, _ in results]}
 
 
 def single_round(url: str, model: str, pipe: DigitPipeline, seconds: float,

@@ -136,12 +136,18 @@ def fake_mnist(path, n_train=300, n_test=100, seed=0):
     return path
 
 
+def save_tiny_diffusion(folder, steps: int) -> UNet2DModel:
+    """A tiny DDPM-schedule pipeline (random weights) sampling `steps` steps by default, saved to folder."""
+    unet = UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0))
+    DigitPipeline(unet, {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"},
+                  SamplingDefaults(num_inference_steps=steps)).save_pretrained(folder)
+    return unet
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("eval")
-    unet = UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0))
-    DigitPipeline(unet, {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"},
-                  SamplingDefaults(num_inference_steps=3)).save_pretrained(d / "pipe")
+    unet = save_tiny_diffusion(d / "pipe", 3)
     DigitPipeline(unet, {"_class_name": "TCDScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
                          "prediction_type": "epsilon", "clip_sample": True},
                   SamplingDefaults(scheduler="tcd", num_inference_steps=2, guidance_scale=1.0,

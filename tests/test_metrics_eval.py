@@ -18,10 +18,8 @@ from engine.evaluation.evaluate import (_same_split_samples, balanced_indices, c
                                         feature_space_report, main)
 from engine.evaluation.metrics import (kernel_inception_distance, knn_radii, mmd2_stratified, mmd2_unbiased,
                                        precision_recall, squared_distances)
-from engine.models.unet_2d import UNet2DModel
-from engine.pipeline import DigitPipeline, SamplingDefaults
 
-from test_evaluate import TINY_UNET, fake_mnist
+from test_evaluate import fake_mnist, save_tiny_diffusion
 
 
 # -- references: double loops ----------------------------------------------------------
@@ -302,9 +300,7 @@ def test_classifier_cli_takes_an_architecture_and_augmentation(tmp_path):
 @pytest.fixture(scope="module")
 def two_judges(tmp_path_factory):
     d = tmp_path_factory.mktemp("eval2")
-    unet = UNet2DModel(**TINY_UNET, rng=np.random.default_rng(0))
-    DigitPipeline(unet, {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"},
-                  SamplingDefaults(num_inference_steps=2)).save_pretrained(d / "pipe")
+    save_tiny_diffusion(d / "pipe", 2)
     for name, seed, width, train_images in (("cls", 1, (4, 8, 8, 4), 250), ("cls-b", 2, (8, 8, 8, 8), 270)):
         net = DigitClassifier(ClassifierConfig(channels=width, feature_dim=12, norm_num_groups=2),
                               rng=np.random.default_rng(seed))

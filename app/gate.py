@@ -141,16 +141,12 @@ class Gate:
         self.failures = TokenBuckets(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST, clock, name="fail") if api_keys else None
         self.proxies = TrustedProxies(trusted_proxies)
         self.store = store
-        self.on = bool(self.api_keys or self.buckets or self.quota)  # whether refusal() has anything to check
-
-    def refusal(self, client: str, authorization: str | None) -> Problem | None:
-        """The 401 or 429 for a request to a guarded path from `client` (its
-        address), else None; by this process's limits."""
-        ok, checks = self._plan(client, authorization)
-        return self._answer(ok, checks, take_all(checks)) if checks else ok
+        self.on = bool(self.api_keys or self.buckets or self.quota)  # whether check() has anything to check
 
     async def check(self, client: str, authorization: str | None) -> Problem | None:
-        """refusal(), by the shared store's limits while it answers (without a store, this process's)."""
+        """The 401 or 429 for a request to a guarded path from `client` (its
+        address), else None: by the shared store's limits while it answers,
+        else (or without a store) by this process's."""
         ok, checks = self._plan(client, authorization)
         if not checks:
             return ok

@@ -2,6 +2,7 @@
 servers (tests/conftest.py)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -101,21 +102,26 @@ def test_wrong_keys_are_throttled_per_address_and_a_right_key_elsewhere_is_not(t
         srv.stop()
 
 
+def refused(gate, client: str, authorization: str | None):
+    """The gate's answer to one request, as the edge asks for it (on an event loop)."""
+    return asyncio.run(gate.check(client, authorization))
+
+
 def test_the_wrong_key_allowance_comes_back_at_its_rate_and_right_keys_cost_nothing():
     """The gate alone, on a clock the test drives."""
     from app.gate import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, Gate
     now = [0.0]
     gate = Gate(("right-key",), clock=lambda: now[0])
-    codes = lambda auth, n=1: [getattr(gate.refusal("192.0.2.1", auth), "status", 200) for _ in range(n)]
+    codes = lambda auth, n=1: [getattr(refused(gate, "192.0.2.1", auth), "status", 200) for _ in range(n)]
     assert codes("Bearer right-key", 50) == [200] * 50                          # right keys never count
     assert codes("Bearer nope", AUTH_FAILURE_BURST + 1) == [401] * AUTH_FAILURE_BURST + [429]
     assert codes("Bearer right-key") == [429]
-    assert gate.refusal("192.0.2.1", "Bearer nope").retry_after == 1 / AUTH_FAILURE_RATE
+    assert refused(gate, "192.0.2.1", "Bearer nope").retry_after == 1 / AUTH_FAILURE_RATE
     now[0] += 1 / AUTH_FAILURE_RATE                                               # one more try comes back
     assert codes("Bearer right-key") == [200] and codes("Bearer nope", 2) == [401, 429]
     assert codes(None) == [401]                                                   # no key: the plain 401
-    assert getattr(gate.refusal("192.0.2.2", "Bearer right-key"), "status", 200) == 200  # another address
+    assert getattr(refused(gate, "192.0.2.2", "Bearer right-key"), "status", 200) == 200  # another address
     # one IPv6 host is given a /64: its addresses share one allowance
-    assert [getattr(gate.refusal(f"2001:db8::{i:x}", "Bearer nope"), "status", 200)
+    assert [getattr(refused(gate, f"2001:db8::{i:x}", "Bearer nope"), "status", 200)
             for i in range(AUTH_FAILURE_BURST + 1)] == [401] * AUTH_FAILURE_BURST + [429]
-    assert getattr(gate.refusal("2001:db8:0:1::1", "Bearer nope"), "status", 200) == 401
+    assert getattr(refused(gate, "2001:db8:0:1::1", "Bearer nope"), "status", 200) == 401

@@ -24,6 +24,7 @@ from app.config import Settings
 from app.gate import Gate, Windows
 from app.limits_store import LIMITS_SHA, SharedLimits, read_reply
 from conftest import ROOT, Server, free_port, service_command, service_env
+from test_gate import refused
 
 SHARED = dict(rate_limit=0.001, rate_burst=5)  # 5 now, the sixth in 1,000 s
 
@@ -205,14 +206,14 @@ def test_a_bad_redis_url_stops_start_up_with_one_clear_line(tiny_weights):
 def test_the_quota_is_per_key_per_utc_day_in_process():
     now = [86_400 * 20_000 + 100.0]  # 100 s into a day
     gate = Gate(("k1", "k2"), rate=0.001, burst=10, quota=3, wall_clock=lambda: now[0])
-    codes = lambda key, n=1: [getattr(gate.refusal("192.0.2.1", f"Bearer {key}"), "code", 200) for _ in range(n)]
+    codes = lambda key, n=1: [getattr(refused(gate, "192.0.2.1", f"Bearer {key}"), "code", 200) for _ in range(n)]
     assert codes("k1", 4) == [200, 200, 200, "quota_exceeded"] and codes("k2") == [200]
-    assert gate.refusal("192.0.2.1", "Bearer k1").retry_after == 86_300  # the end of the day
+    assert refused(gate, "192.0.2.1", "Bearer k1").retry_after == 86_300  # the end of the day
     now[0] += 86_300
     assert codes("k1") == [200]
     # a request refused by its rate uses none of its quota, and one refused by its quota none of its rate
     tight = Gate(rate=0.001, burst=2, quota=3, wall_clock=lambda: now[0])
-    assert [getattr(tight.refusal("192.0.2.9", None), "code", 200) for _ in range(4)] == \
+    assert [getattr(refused(tight, "192.0.2.9", None), "code", 200) for _ in range(4)] == \
         [200, 200, "rate_limited", "rate_limited"]
     assert tight.quota.wait("ip:192.0.2.9") == 0 and isinstance(tight.quota, Windows)
 
